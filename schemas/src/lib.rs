@@ -1,0 +1,1 @@
+//! The cardfleet wire contract.

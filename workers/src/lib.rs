@@ -1,0 +1,1 @@
+//! cardfleet encoding worker.
