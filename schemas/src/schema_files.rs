@@ -1,0 +1,25 @@
+//! The JSON Schema files generated from the contract types, committed under
+//! `schemas/json/` so that non-Rust consumers can validate messages.
+
+use schemars::{JsonSchema, schema_for};
+
+use crate::{Cancellation, CardProfile, EventMessage, InitializeJob, ResultMessage};
+
+fn render<T: JsonSchema>() -> String {
+    let schema = schema_for!(T);
+    // Serializing a schema (a JSON value) cannot fail.
+    let mut text = serde_json::to_string_pretty(&schema).unwrap_or_default();
+    text.push('\n');
+    text
+}
+
+/// Every committed schema file: (file name, contents).
+pub fn all() -> Vec<(&'static str, String)> {
+    vec![
+        ("initialize-job.schema.json", render::<InitializeJob>()),
+        ("result-message.schema.json", render::<ResultMessage>()),
+        ("event-message.schema.json", render::<EventMessage>()),
+        ("cancellation.schema.json", render::<Cancellation>()),
+        ("card-profile.schema.json", render::<CardProfile>()),
+    ]
+}
