@@ -1,1 +1,15 @@
-//! cardfleet control plane.
+//! cardfleet control plane: HTTP API, store, credentials, dispatcher and
+//! ledger, over PostgreSQL and RabbitMQ.
+
+pub mod api;
+pub mod app;
+pub mod broker;
+pub mod cli;
+pub mod client;
+pub mod credentials;
+pub mod dispatcher;
+pub mod domain;
+pub mod ledger;
+pub mod metrics;
+pub mod settings;
+pub mod store;

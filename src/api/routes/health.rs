@@ -1,0 +1,64 @@
+//! Liveness, readiness, metrics, the OpenAPI document and the 404 fallback.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use serde_json::json;
+use utoipa::OpenApi;
+
+use crate::api::AppState;
+use crate::api::error::ApiError;
+
+pub async fn healthz() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers and the broker accepts a connection.
+pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    let database = matches!(
+        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+        Ok(Ok(()))
+    );
+    let broker = match &state.amqp_url {
+        None => true,
+        Some(url) => match tokio::time::timeout(
+            Duration::from_secs(2),
+            crate::broker::connect(url, "cardfleet-readyz"),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => {
+                let _ = conn.close(200, "readyz".into()).await;
+                true
+            }
+            _ => false,
+        },
+    };
+    let status = if database && broker {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({ "database": database, "broker": broker })),
+    )
+}
+
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    Json(crate::api::ApiDoc::openapi())
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("not_found", "no such route")
+}

@@ -1,0 +1,249 @@
+//! Initialize requests: submit, status, live events, cancel.
+
+use std::convert::Infallible;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures_util::Stream;
+use serde::Deserialize;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::api::AppState;
+use crate::api::error::{ApiError, ApiJson, ApiQuery, IdPath, Paging};
+use crate::domain::{CardType, JobState};
+use crate::store::StoreError;
+use crate::store::initialize::{CancelOutcome, InitializeOutcome, Selection};
+use crate::store::racks::BatchStatus;
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitializeRequest {
+    /// Cards to initialize; a card named twice is handled once.
+    pub card_ids: Option<Vec<Uuid>>,
+    /// Or: produced cards of a type, up to `limit`.
+    pub filter: Option<InitializeFilter>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InitializeFilter {
+    #[serde(rename = "type")]
+    pub card_type: String,
+    /// Must be `produced`: only produced cards can be initialized.
+    pub state: String,
+    pub limit: i64,
+}
+
+#[utoipa::path(post, path = "/v1/initializations", tag = "initializations",
+    request_body = InitializeRequest,
+    responses((status = 202, body = InitializeOutcome),
+              (status = 400, body = crate::api::error::ErrorBody),
+              (status = 409, description = "process_disabled", body = crate::api::error::ErrorBody),
+              (status = 413, description = "batch_too_large", body = crate::api::error::ErrorBody)))]
+pub async fn submit(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<InitializeRequest>,
+) -> Result<(StatusCode, Json<InitializeOutcome>), ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "batch_too_large",
+            format!("at most {} cards per request", state.max_batch_cards),
+        )
+    };
+    let selection = match (request.card_ids, request.filter) {
+        (Some(ids), None) => {
+            if ids.is_empty() {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "card_ids must not be empty",
+                ));
+            }
+            if ids.len() > state.max_batch_cards {
+                return Err(too_large());
+            }
+            Selection::Ids(ids)
+        }
+        (None, Some(filter)) => {
+            if filter.state != "produced" {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "filter.state must be 'produced': only produced cards can be initialized",
+                ));
+            }
+            let card_type = CardType::parse(&filter.card_type)
+                .map_err(|e| ApiError::bad_request("invalid_request", format!("filter.{e}")))?;
+            if filter.limit < 1 {
+                return Err(ApiError::bad_request(
+                    "invalid_request",
+                    "filter.limit must be at least 1",
+                ));
+            }
+            if filter.limit as u64 > state.max_batch_cards as u64 {
+                return Err(too_large());
+            }
+            Selection::Filter {
+                card_type: card_type.as_str().to_owned(),
+                limit: filter.limit,
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_request",
+                "give exactly one of card_ids or filter",
+            ));
+        }
+    };
+    let outcome = state
+        .store
+        .initialize(selection, &state.profiles, &state.cipher, "api")
+        .await?;
+    let n = outcome.accepted.len() as u64;
+    state.metrics.credentials_generated.inc_by(2 * n);
+    tracing::info!(batch.id = %outcome.batch_id, accepted = n, rejected = outcome.rejected.len(),
+        "initialize request accepted");
+    Ok((StatusCode::ACCEPTED, Json(outcome)))
+}
+
+#[utoipa::path(get, path = "/v1/initializations/{batch_id}", tag = "initializations",
+    params(("batch_id" = Uuid, Path), Paging),
+    responses((status = 200, body = BatchStatus), (status = 404, body = crate::api::error::ErrorBody)))]
+pub async fn status(
+    State(state): State<AppState>,
+    IdPath(batch_id): IdPath<Uuid>,
+    ApiQuery(paging): ApiQuery<Paging>,
+) -> Result<Json<BatchStatus>, ApiError> {
+    let (limit, offset) = paging.resolve()?;
+    state
+        .store
+        .batch_status(batch_id, limit, offset)
+        .await
+        .map(Json)
+        .map_err(unknown_batch)
+}
+
+fn unknown_batch(e: StoreError) -> ApiError {
+    match e {
+        StoreError::NotFound => ApiError::not_found("unknown_batch", "no batch with this id"),
+        e => e.into(),
+    }
+}
+
+/// Server-Sent Events: one `transition` event per job transition (the event
+/// id is a sequence number; reconnect with `Last-Event-ID` to resume), then
+/// one `finished` event with the final counts when no job can move any more.
+#[utoipa::path(get, path = "/v1/initializations/{batch_id}/events", tag = "initializations",
+    params(("batch_id" = Uuid, Path)),
+    responses((status = 200, content_type = "text/event-stream", description = "transition and finished events"),
+              (status = 404, body = crate::api::error::ErrorBody)))]
+pub async fn events(
+    State(state): State<AppState>,
+    IdPath(batch_id): IdPath<Uuid>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    state
+        .store
+        .batch_status(batch_id, 1, 0)
+        .await
+        .map_err(unknown_batch)?;
+    let after: i64 = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let stream = futures_util::stream::unfold(
+        (state, after, false),
+        move |(state, mut after, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                match state.store.batch_transitions(batch_id, after, 500).await {
+                    Ok(transitions) if !transitions.is_empty() => {
+                        let events: Vec<Event> = transitions
+                            .iter()
+                            .map(|t| {
+                                Event::default()
+                                    .event("transition")
+                                    .id(t.seq.to_string())
+                                    .json_data(t)
+                                    .unwrap_or_default()
+                            })
+                            .collect();
+                        after = transitions.last().map(|t| t.seq).unwrap_or(after);
+                        return Some((events, (state, after, false)));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream query failed");
+                    }
+                }
+                if let Ok(status) = state.store.batch_status(batch_id, 1, 0).await {
+                    let moving = JobState::ALL
+                        .iter()
+                        .filter(|s| !s.is_terminal())
+                        .any(|s| status.counts.get(s.as_str()).copied().unwrap_or(0) > 0);
+                    if !moving {
+                        // Check once more: a transition may have landed after our query.
+                        if let Ok(t) = state.store.batch_transitions(batch_id, after, 1).await {
+                            if t.is_empty() {
+                                let event = Event::default()
+                                    .event("finished")
+                                    .json_data(&status.counts)
+                                    .unwrap_or_default();
+                                return Some((vec![event], (state, after, true)));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                tokio::time::sleep(state.events_poll).await;
+            }
+        },
+    );
+    let flat = futures_util::StreamExt::flat_map(stream, |events| {
+        futures_util::stream::iter(events.into_iter().map(Ok))
+    });
+    Ok(Sse::new(flat).keep_alive(KeepAlive::default()))
+}
+
+#[utoipa::path(post, path = "/v1/initializations/{batch_id}/cancel", tag = "initializations",
+    params(("batch_id" = Uuid, Path)),
+    responses((status = 200, body = CancelOutcome), (status = 404, body = crate::api::error::ErrorBody)))]
+pub async fn cancel_batch(
+    State(state): State<AppState>,
+    IdPath(batch_id): IdPath<Uuid>,
+) -> Result<Json<CancelOutcome>, ApiError> {
+    let outcome = state
+        .store
+        .cancel(batch_id, None, "api")
+        .await
+        .map_err(unknown_batch)?;
+    tracing::info!(batch.id = %batch_id, cancelled = outcome.cancelled.len(),
+        stopping = outcome.stopping.len(), "batch cancel requested");
+    Ok(Json(outcome))
+}
+
+#[utoipa::path(post, path = "/v1/initializations/{batch_id}/cards/{card_id}/cancel", tag = "initializations",
+    params(("batch_id" = Uuid, Path), ("card_id" = Uuid, Path)),
+    responses((status = 200, body = CancelOutcome), (status = 404, body = crate::api::error::ErrorBody)))]
+pub async fn cancel_card(
+    State(state): State<AppState>,
+    IdPath((batch_id, card_id)): IdPath<(Uuid, Uuid)>,
+) -> Result<Json<CancelOutcome>, ApiError> {
+    state
+        .store
+        .cancel(batch_id, Some(card_id), "api")
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            StoreError::NotFound => ApiError::not_found(
+                "unknown_card",
+                "no such batch, or the card is not part of it",
+            ),
+            e => e.into(),
+        })
+}

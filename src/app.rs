@@ -1,0 +1,189 @@
+//! The control-plane application: builds the API, dispatcher and ledger from
+//! settings and runs them until shutdown.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState};
+use crate::credentials::{CredentialCipher, MasterKey};
+use crate::dispatcher::Dispatcher;
+use crate::ledger::Ledger;
+use crate::metrics::Metrics;
+use crate::settings::Settings;
+use crate::store::Store;
+
+/// A part of the control plane that `serve --only` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Component {
+    Api,
+    Dispatcher,
+    Ledger,
+}
+
+impl Component {
+    pub const ALL: [Component; 3] = [Component::Api, Component::Dispatcher, Component::Ledger];
+}
+
+#[derive(Debug)]
+pub struct Application {
+    api: Option<(TcpListener, Router)>,
+    metrics: Option<(TcpListener, Router)>,
+    dispatcher: Option<Dispatcher>,
+    ledger: Option<Ledger>,
+    store: Store,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings, components: &[Component]) -> anyhow::Result<Self> {
+        let store = Store::connect(
+            &settings.database.url,
+            settings.database.max_connections,
+            settings.database.migrate_on_start,
+        )
+        .await
+        .with_context(|| "cannot connect to the database (database.url)")?;
+        if settings.database.migrate_on_start {
+            store.migrate().await.context("database migration failed")?;
+        }
+        let profiles = Arc::new(
+            cardfleet_schemas::profile::load_profiles(settings.profiles.dir.as_deref())
+                .context("loading card profiles (profiles.dir)")?,
+        );
+        let cipher = CredentialCipher::from_hex(
+            &settings.credentials.key_id,
+            &settings.credentials.encryption_key,
+        )?;
+        let master_key = MasterKey::from_hex(&settings.credentials.master_key)?;
+        let metrics = Metrics::new();
+        let reconnect_max = Duration::from_secs(settings.amqp.reconnect_max_seconds.max(1));
+
+        let state = AppState {
+            store: store.clone(),
+            profiles: profiles.clone(),
+            cipher: cipher.clone(),
+            metrics: metrics.clone(),
+            max_batch_cards: settings.http.max_batch_cards,
+            amqp_url: Some(settings.amqp.url.clone()),
+            events_poll: Duration::from_millis(250),
+        };
+        let api = if components.contains(&Component::Api) {
+            let listener = TcpListener::bind(settings.http.listen)
+                .await
+                .with_context(|| {
+                    format!("cannot listen on {} (http.listen)", settings.http.listen)
+                })?;
+            Some((listener, api::router(state, settings.http.max_body_bytes)))
+        } else {
+            None
+        };
+        let metrics_server = match settings.metrics.listen {
+            Some(addr) => {
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+                let m = metrics.clone();
+                let router = Router::new().route(
+                    "/metrics",
+                    get(move || {
+                        let m = m.clone();
+                        async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                    }),
+                );
+                Some((listener, router))
+            }
+            None => None,
+        };
+        let dispatcher = components
+            .contains(&Component::Dispatcher)
+            .then(|| Dispatcher {
+                store: store.clone(),
+                amqp_url: settings.amqp.url.clone(),
+                delivery_limit: settings.amqp.delivery_limit,
+                batch_size: settings.dispatcher.batch_size,
+                poll_interval: Duration::from_millis(settings.dispatcher.poll_interval_ms),
+                reconnect_max,
+                cipher: cipher.clone(),
+                master_key: master_key.clone(),
+                profiles: profiles.clone(),
+                metrics: metrics.clone(),
+            });
+        let ledger = components.contains(&Component::Ledger).then(|| Ledger {
+            store: store.clone(),
+            amqp_url: settings.amqp.url.clone(),
+            batch_size: settings.ledger.batch_size,
+            batch_wait: Duration::from_millis(settings.ledger.batch_wait_ms),
+            reconnect_max,
+            metrics: metrics.clone(),
+        });
+        Ok(Self {
+            api,
+            metrics: metrics_server,
+            dispatcher,
+            ledger,
+            store,
+        })
+    }
+
+    /// Port of the API listener (useful with `http.listen = 127.0.0.1:0`).
+    pub fn port(&self) -> Option<u16> {
+        self.api
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.metrics
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.port())
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs every selected component until `shutdown` is cancelled.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (listener, router) in [self.api, self.metrics].into_iter().flatten() {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                axum::serve(listener, router)
+                    .with_graceful_shutdown(async move { token.cancelled().await })
+                    .await
+                    .context("HTTP server failed")
+            });
+        }
+        if let Some(d) = self.dispatcher {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                d.run(token).await;
+                Ok(())
+            });
+        }
+        if let Some(l) = self.ledger {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                l.run(token).await;
+                Ok(())
+            });
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+            if let Err(e) = outcome {
+                tracing::error!(error = %e, "a component stopped with an error; shutting down");
+                shutdown.cancel();
+                result = Err(e);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,372 @@
+//! The `cardfleet` command line: server commands and API client commands.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, Component};
+use crate::client::ApiClient;
+use crate::settings::Settings;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cardfleet",
+    version,
+    about = "Initialize temporary smart cards at production scale"
+)]
+pub struct Cli {
+    /// Configuration file (default: ./cardfleet.toml if present).
+    #[arg(long, global = true, env = "CARDFLEET_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Base URL of the cardfleet API for client commands.
+    #[arg(
+        long,
+        global = true,
+        env = "CARDFLEET_API",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub api: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the control plane: API, dispatcher and ledger (or some of them).
+    Serve {
+        /// Run only these components (repeatable).
+        #[arg(long, value_enum)]
+        only: Vec<Component>,
+    },
+    /// Create the database if needed and apply migrations.
+    Migrate,
+    /// Card stock.
+    Cards {
+        #[command(subcommand)]
+        command: CardsCommand,
+    },
+    /// Enable or disable the "initialize temporary card" process.
+    Process {
+        #[command(subcommand)]
+        command: ProcessCommand,
+    },
+    /// Submit an initialize request.
+    Submit {
+        /// File of card ids, one per line.
+        #[arg(
+            long,
+            conflicts_with = "all_produced",
+            required_unless_present = "all_produced"
+        )]
+        cards: Option<PathBuf>,
+        /// Every produced temporary card (up to --limit).
+        #[arg(long)]
+        all_produced: bool,
+        #[arg(long, default_value_t = 100_000)]
+        limit: i64,
+        /// Show a progress bar until the batch finishes.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show a batch's progress.
+    Status { batch: String },
+    /// Cancel a batch, or one card of it.
+    Cancel {
+        batch: String,
+        #[arg(long)]
+        card: Option<String>,
+    },
+    /// Print the RabbitMQ topology as definitions for `rabbitmqctl import_definitions`.
+    Topology {
+        #[arg(long, default_value = "/")]
+        vhost: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CardsCommand {
+    /// Import produced cards from a production file (.csv or .json).
+    Import { file: PathBuf },
+    /// List cards.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long = "type", default_value = "temporary")]
+        card_type: String,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        #[arg(long, default_value_t = 0)]
+        offset: i64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProcessCommand {
+    Enable,
+    Disable,
+    Status,
+}
+
+pub fn init_tracing(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { only } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            init_tracing(&settings.log.filter, settings.log.format == "json");
+            let components = if only.is_empty() {
+                Component::ALL.to_vec()
+            } else {
+                only
+            };
+            let app = Application::build(&settings, &components).await?;
+            if let Some(port) = app.port() {
+                tracing::info!(port, ?components, "cardfleet control plane listening");
+            }
+            let shutdown = CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested");
+                token.cancel();
+            });
+            app.run_until_stopped(shutdown).await
+        }
+        Command::Migrate => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let store = crate::store::Store::connect(&settings.database.url, 2, true).await?;
+            store.migrate().await?;
+            println!("database is up to date");
+            Ok(())
+        }
+        Command::Topology { vhost } => {
+            let limit = Settings::load(cli.config.as_deref())
+                .map(|s| s.amqp.delivery_limit)
+                .unwrap_or(5);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&crate::broker::definitions(&vhost, limit))?
+            );
+            Ok(())
+        }
+        command => client_command(&ApiClient::new(&cli.api)?, command).await,
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Cards {
+            command: CardsCommand::Import { file },
+        } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+            let content_type = if file.extension().is_some_and(|e| e == "json") {
+                "application/json"
+            } else {
+                "text/csv"
+            };
+            let outcome: Value = api
+                .post_raw("/v1/cards/import", content_type, bytes)
+                .await?;
+            println!("imported {}", outcome["imported"]);
+            for r in outcome["rejected"].as_array().into_iter().flatten() {
+                println!(
+                    "row {}: {}: {}",
+                    r["row"],
+                    r["code"].as_str().unwrap_or(""),
+                    r["message"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Cards {
+            command:
+                CardsCommand::List {
+                    state,
+                    card_type,
+                    limit,
+                    offset,
+                },
+        } => {
+            let mut path = format!("/v1/cards?type={card_type}&limit={limit}&offset={offset}");
+            if let Some(s) = state {
+                path.push_str(&format!("&state={s}"));
+            }
+            let cards: Vec<Value> = api.get(&path).await?;
+            println!(
+                "{:<38} {:<16} {:<20} {:<13}",
+                "CARD ID", "CARD NUMBER", "CHIP SERIAL", "STATE"
+            );
+            for c in cards {
+                println!(
+                    "{:<38} {:<16} {:<20} {:<13}",
+                    c["card_id"].as_str().unwrap_or(""),
+                    c["card_number"].as_str().unwrap_or(""),
+                    c["chip_serial"].as_str().unwrap_or(""),
+                    c["state"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Process { command } => {
+            let path = "/v1/processes/initialize-temporary-card";
+            let setting: Value = match command {
+                ProcessCommand::Enable => api.put_json(path, &json!({ "enabled": true })).await?,
+                ProcessCommand::Disable => api.put_json(path, &json!({ "enabled": false })).await?,
+                ProcessCommand::Status => api.get(path).await?,
+            };
+            let enabled = setting["enabled"].as_bool().unwrap_or(false);
+            println!(
+                "initialize-temporary-card is {}",
+                if enabled { "enabled" } else { "disabled" }
+            );
+            Ok(())
+        }
+        Command::Submit {
+            cards,
+            all_produced,
+            limit,
+            wait,
+        } => {
+            let body = if all_produced {
+                json!({ "filter": { "type": "temporary", "state": "produced", "limit": limit } })
+            } else {
+                let file = cards.context("give --cards FILE or --all-produced")?;
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("cannot read {}", file.display()))?;
+                let ids: Vec<&str> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .collect();
+                json!({ "card_ids": ids })
+            };
+            let outcome: Value = api.post_json("/v1/initializations", &body).await?;
+            let batch = outcome["batch_id"].as_str().unwrap_or_default().to_owned();
+            let accepted = outcome["accepted"].as_array().map_or(0, Vec::len);
+            println!("batch {batch}: {accepted} accepted");
+            for r in outcome["rejected"].as_array().into_iter().flatten() {
+                println!(
+                    "  rejected {}: {}: {}",
+                    r["card_id"].as_str().unwrap_or(""),
+                    r["code"].as_str().unwrap_or(""),
+                    r["message"].as_str().unwrap_or("")
+                );
+            }
+            if wait && accepted > 0 {
+                return wait_for_batch(api, &batch, accepted as u64).await;
+            }
+            Ok(())
+        }
+        Command::Status { batch } => {
+            let status: Value = api
+                .get(&format!("/v1/initializations/{batch}?limit=1"))
+                .await?;
+            print_counts(&status);
+            Ok(())
+        }
+        Command::Cancel { batch, card } => {
+            let path = match card {
+                Some(card) => format!("/v1/initializations/{batch}/cards/{card}/cancel"),
+                None => format!("/v1/initializations/{batch}/cancel"),
+            };
+            let outcome: Value = api.post_json(&path, &json!({})).await?;
+            println!(
+                "cancelled {}, stopping {}, already finished {}",
+                outcome["cancelled"].as_array().map_or(0, Vec::len),
+                outcome["stopping"].as_array().map_or(0, Vec::len),
+                outcome["finished"]
+            );
+            Ok(())
+        }
+        Command::Serve { .. } | Command::Migrate | Command::Topology { .. } => Ok(()),
+    }
+}
+
+fn print_counts(status: &Value) {
+    let counts = &status["counts"];
+    println!(
+        "batch {}: {}",
+        status["batch_id"].as_str().unwrap_or(""),
+        if status["finished"].as_bool() == Some(true) {
+            "finished"
+        } else {
+            "in progress"
+        }
+    );
+    for state in [
+        "queued",
+        "awaiting_card",
+        "dispatched",
+        "encoding",
+        "succeeded",
+        "failed",
+        "cancelled",
+    ] {
+        println!("  {state:<14} {}", counts[state]);
+    }
+}
+
+async fn wait_for_batch(api: &ApiClient, batch: &str, total: u64) -> anyhow::Result<()> {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} cards  {per_sec}  eta {eta}  {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    loop {
+        let status: Value = api
+            .get(&format!("/v1/initializations/{batch}?limit=1"))
+            .await?;
+        let c = &status["counts"];
+        let n = |k: &str| c[k].as_u64().unwrap_or(0);
+        bar.set_position(n("succeeded") + n("failed") + n("cancelled"));
+        bar.set_message(format!(
+            "failed {}  cancelled {}",
+            n("failed"),
+            n("cancelled")
+        ));
+        if status["finished"].as_bool() == Some(true) {
+            bar.finish();
+            print_counts(&status);
+            if n("failed") + n("cancelled") > 0 {
+                bail!("batch finished with failed or cancelled cards");
+            }
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}

@@ -1,0 +1,98 @@
+//! A small client of the cardfleet API, used by the CLI.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl ApiClient {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(300))
+            .build()?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http,
+        })
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{}", self.base, path);
+        let mut request = self.http.request(method, &url);
+        if let Some((content_type, bytes)) = body {
+            request = request.header("content-type", content_type).body(bytes);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the cardfleet API at {} (--api)", self.base))?;
+        let status = response.status();
+        let bytes = response.bytes().await?;
+        if !status.is_success() {
+            let error: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let code = error["code"].as_str().unwrap_or("http_error");
+            let message = error["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| status.to_string());
+            bail!("{code}: {message} (HTTP {})", status.as_u16());
+        }
+        if status == StatusCode::NO_CONTENT {
+            return Ok(serde_json::from_value(Value::Null)?);
+        }
+        serde_json::from_slice(&bytes).context("the API answered something that is not JSON")
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        self.send(Method::GET, path, None).await
+    }
+
+    pub async fn post_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        self.send(
+            Method::POST,
+            path,
+            Some(("application/json", serde_json::to_vec(body)?)),
+        )
+        .await
+    }
+
+    pub async fn put_json<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> anyhow::Result<T> {
+        self.send(
+            Method::PUT,
+            path,
+            Some(("application/json", serde_json::to_vec(body)?)),
+        )
+        .await
+    }
+
+    pub async fn post_raw<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> anyhow::Result<T> {
+        self.send(Method::POST, path, Some((content_type, body)))
+            .await
+    }
+}

@@ -1,0 +1,280 @@
+//! Card credentials: PIN and PUK generation under a profile's policy, their
+//! AES-256-GCM encryption at rest, and the per-card management key KDF.
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use cardfleet_schemas::profile::{CredentialPolicy, ManagementKeyAlgorithm};
+use hkdf::Hkdf;
+use rand::rngs::OsRng;
+use rand::{Rng, RngCore};
+use sha2::Sha256;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+/// A secret string (PIN or PUK): zeroized on drop, never printed.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+    /// The secret itself; call only where it is written to a card or sealed.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+const ALPHANUMERIC: &[u8] = b"0123456789ABCDEFGHJKLMNPQRSTUVWXYZ";
+
+/// Generates a credential from the operating system's CSPRNG.
+pub fn generate(policy: &CredentialPolicy) -> Secret {
+    generate_with(policy, &mut OsRng)
+}
+
+/// Generates a credential from `rng`, which must be a CSPRNG (`OsRng` or
+/// `thread_rng`, a ChaCha generator seeded and reseeded from the OS).
+pub fn generate_with<R: Rng + rand::CryptoRng>(policy: &CredentialPolicy, rng: &mut R) -> Secret {
+    let alphabet: &[u8] = if policy.digits_only {
+        &ALPHANUMERIC[..10]
+    } else {
+        ALPHANUMERIC
+    };
+    let value = (0..policy.length)
+        .map(|_| char::from(alphabet[rng.gen_range(0..alphabet.len())]))
+        .collect();
+    Secret(value)
+}
+
+/// A 256-bit key for encrypting credentials, with the id stored beside
+/// every value it encrypts.
+#[derive(Clone)]
+pub struct CredentialCipher {
+    key_id: String,
+    cipher: Aes256Gcm,
+}
+
+impl std::fmt::Debug for CredentialCipher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCipher")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("credentials.encryption_key must be 64 hex characters (32 bytes)")]
+    BadKey,
+    #[error("credentials.master_key must be at least 32 bytes of hex")]
+    BadMasterKey,
+    #[error("stored credential was encrypted under key '{0}', which is not configured")]
+    UnknownKeyId(String),
+    #[error("stored credential does not decrypt (tampered or wrong key)")]
+    Decrypt,
+}
+
+/// Nonce and ciphertext of one encrypted value.
+#[derive(Debug, Clone)]
+pub struct Sealed {
+    pub nonce: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+}
+
+impl CredentialCipher {
+    pub fn from_hex(key_id: &str, hex_key: &str) -> Result<Self, CredentialError> {
+        let mut key = hex::decode(hex_key.trim()).map_err(|_| CredentialError::BadKey)?;
+        if key.len() != 32 {
+            key.zeroize();
+            return Err(CredentialError::BadKey);
+        }
+        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| CredentialError::BadKey)?;
+        key.zeroize();
+        Ok(Self {
+            key_id: key_id.to_owned(),
+            cipher,
+        })
+    }
+
+    /// A fresh random key, for standalone runs that keep nothing.
+    pub fn random(key_id: &str) -> Self {
+        let mut key = [0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        let cipher = Aes256Gcm::new(&key.into());
+        key.zeroize();
+        Self {
+            key_id: key_id.to_owned(),
+            cipher,
+        }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Encrypts `secret`, binding it to `context` (job id and field) so a
+    /// ciphertext cannot be moved to another row.
+    pub fn seal(&self, secret: &Secret, context: &[u8]) -> Sealed {
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: context,
+                },
+            )
+            // AES-GCM encryption fails only for messages over 64 GiB.
+            .unwrap_or_default();
+        Sealed {
+            nonce: nonce.to_vec(),
+            ciphertext,
+        }
+    }
+
+    pub fn open(
+        &self,
+        key_id: &str,
+        sealed: &Sealed,
+        context: &[u8],
+    ) -> Result<Secret, CredentialError> {
+        if key_id != self.key_id {
+            return Err(CredentialError::UnknownKeyId(key_id.to_owned()));
+        }
+        if sealed.nonce.len() != 12 {
+            return Err(CredentialError::Decrypt);
+        }
+        let plain = self
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&sealed.nonce),
+                Payload {
+                    msg: &sealed.ciphertext,
+                    aad: context,
+                },
+            )
+            .map_err(|_| CredentialError::Decrypt)?;
+        String::from_utf8(plain)
+            .map(Secret)
+            .map_err(|_| CredentialError::Decrypt)
+    }
+}
+
+/// The master key from which per-card management keys are derived.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct MasterKey(Vec<u8>);
+
+impl std::fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MasterKey(<redacted>)")
+    }
+}
+
+/// Salt of the management-key KDF; part of the documented derivation.
+pub const MANAGEMENT_KEY_KDF_SALT: &[u8] = b"cardfleet/piv-management-key/v1";
+
+impl MasterKey {
+    pub fn from_hex(hex_key: &str) -> Result<Self, CredentialError> {
+        let key = hex::decode(hex_key.trim()).map_err(|_| CredentialError::BadMasterKey)?;
+        if key.len() < 32 {
+            return Err(CredentialError::BadMasterKey);
+        }
+        Ok(Self(key))
+    }
+
+    pub fn random() -> Self {
+        let mut key = vec![0u8; 32];
+        OsRng.fill_bytes(&mut key);
+        Self(key)
+    }
+
+    /// Per-card management key: HKDF-SHA256 with the master key as input
+    /// keying material, salt [`MANAGEMENT_KEY_KDF_SALT`], info the chip
+    /// serial's UTF-8 bytes, output length the algorithm's key length.
+    pub fn derive_management_key(
+        &self,
+        chip_serial: &str,
+        algorithm: ManagementKeyAlgorithm,
+    ) -> Secret {
+        let hk = Hkdf::<Sha256>::new(Some(MANAGEMENT_KEY_KDF_SALT), &self.0);
+        let mut okm = vec![0u8; algorithm.key_len()];
+        // Expansion fails only past 255 * 32 bytes of output.
+        let _ = hk.expand(chip_serial.as_bytes(), &mut okm);
+        let key = Secret(hex::encode(&okm));
+        okm.zeroize();
+        key
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_pins_follow_the_policy() {
+        let policy = CredentialPolicy {
+            length: 8,
+            digits_only: true,
+        };
+        for _ in 0..200 {
+            let pin = generate(&policy);
+            assert_eq!(pin.expose().len(), 8);
+            assert!(pin.expose().bytes().all(|b| b.is_ascii_digit()));
+        }
+        let policy = CredentialPolicy {
+            length: 6,
+            digits_only: false,
+        };
+        let letters = (0..200)
+            .map(|_| generate(&policy))
+            .any(|p| p.expose().bytes().any(|b| b.is_ascii_uppercase()));
+        assert!(letters, "alphanumeric policy never produced a letter");
+    }
+
+    #[test]
+    fn sealed_credentials_open_only_in_their_context() {
+        let cipher = CredentialCipher::random("k1");
+        let pin = Secret::new("482913".into());
+        let sealed = cipher.seal(&pin, b"job-1/pin");
+        assert_ne!(sealed.ciphertext, b"482913");
+        assert_eq!(cipher.open("k1", &sealed, b"job-1/pin").unwrap(), pin);
+        assert!(cipher.open("k1", &sealed, b"job-2/pin").is_err());
+        assert!(matches!(
+            cipher.open("k2", &sealed, b"job-1/pin"),
+            Err(CredentialError::UnknownKeyId(_))
+        ));
+    }
+
+    #[test]
+    fn management_keys_are_stable_per_chip_and_differ_between_chips() {
+        let master = MasterKey::from_hex(&"11".repeat(32)).unwrap();
+        let a = master.derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes192);
+        let b = master.derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes192);
+        let c = master.derive_management_key("CHIP-2", ManagementKeyAlgorithm::Aes192);
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(a.expose().len(), 48);
+        // A published vector, so other tools can check their implementation.
+        assert_eq!(
+            master
+                .derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes128)
+                .expose()
+                .len(),
+            32
+        );
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::new("12345678".into());
+        assert!(!format!("{s:?}").contains("1234"));
+        assert!(!format!("{:?}", MasterKey::random()).contains('0'));
+    }
+}

@@ -1,0 +1,269 @@
+//! Domain types of the control plane: card and job states with their pure
+//! transition rules, and the parsed identifiers that cross the API.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// The part of a card's lifecycle cardfleet owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CardState {
+    Produced,
+    Initializing,
+    Unassigned,
+    Failed,
+}
+
+impl CardState {
+    pub const ALL: [CardState; 4] = [
+        CardState::Produced,
+        CardState::Initializing,
+        CardState::Unassigned,
+        CardState::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CardState::Produced => "produced",
+            CardState::Initializing => "initializing",
+            CardState::Unassigned => "unassigned",
+            CardState::Failed => "failed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Whether the card may move from `self` to `to`.
+    pub fn can_become(self, to: CardState) -> bool {
+        use CardState::*;
+        matches!(
+            (self, to),
+            (Produced, Initializing)
+                | (Initializing, Unassigned)
+                | (Initializing, Produced)
+                | (Initializing, Failed)
+        )
+    }
+}
+
+impl fmt::Display for CardState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One job per card per initialize request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    AwaitingCard,
+    Dispatched,
+    Encoding,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub const ALL: [JobState; 7] = [
+        JobState::Queued,
+        JobState::AwaitingCard,
+        JobState::Dispatched,
+        JobState::Encoding,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::AwaitingCard => "awaiting_card",
+            JobState::Dispatched => "dispatched",
+            JobState::Encoding => "encoding",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+
+    /// Whether the job may move from `self` to `to`.
+    pub fn can_become(self, to: JobState) -> bool {
+        use JobState::*;
+        match (self, to) {
+            (AwaitingCard, Queued) | (Queued, Dispatched) | (Dispatched, Encoding) => true,
+            // A result may overtake its own "started" notice.
+            (Dispatched | Encoding, Succeeded | Failed | Cancelled) => true,
+            // Cancel before encoding is immediate.
+            (Queued | AwaitingCard, Cancelled) => true,
+            _ => false,
+        }
+    }
+
+    /// Every state from which `to` may be reached; the store's conditional
+    /// updates use this so that the database refuses what the rules refuse.
+    pub fn sources_of(to: JobState) -> Vec<&'static str> {
+        Self::ALL
+            .into_iter()
+            .filter(|from| from.can_become(to))
+            .map(JobState::as_str)
+            .collect()
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an identifier or field from outside was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ParseError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn parse_token(
+    field: &'static str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(u8) -> bool,
+) -> Result<String, ParseError> {
+    let value = value.trim();
+    if value.is_empty() || value.len() > max {
+        return Err(ParseError {
+            field,
+            message: format!("must be 1 to {max} characters"),
+        });
+    }
+    if !value.bytes().all(allowed) {
+        return Err(ParseError {
+            field,
+            message: "contains characters that are not allowed".into(),
+        });
+    }
+    Ok(value.to_owned())
+}
+
+macro_rules! token_newtype {
+    ($(#[$doc:meta])* $name:ident, $field:literal, $max:expr, $allowed:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            pub fn parse(value: &str) -> Result<Self, ParseError> {
+                parse_token($field, value, $max, $allowed).map($name)
+            }
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+fn printable(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'/' | b':')
+}
+
+token_newtype!(
+    /// The bureau's number printed on the card.
+    CardNumber, "card_number", 64, printable
+);
+token_newtype!(
+    /// The chip's own serial (CPLC, vendor serial or CHUID derived).
+    ChipSerial, "chip_serial", 64, printable
+);
+token_newtype!(
+    /// Card type, e.g. `temporary`.
+    CardType, "card_type", 32, |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+);
+token_newtype!(
+    /// A rack of slots behind one worker; part of a queue name.
+    RackId, "rack_id", 64, |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_card_only_moves_along_the_lifecycle() {
+        use CardState::*;
+        assert!(Produced.can_become(Initializing));
+        assert!(Initializing.can_become(Unassigned));
+        assert!(Initializing.can_become(Produced));
+        assert!(Initializing.can_become(Failed));
+        assert!(!Produced.can_become(Unassigned));
+        assert!(!Unassigned.can_become(Produced));
+        assert!(!Failed.can_become(Produced));
+        for s in CardState::ALL {
+            assert!(!s.can_become(s), "{s} to itself");
+        }
+    }
+
+    #[test]
+    fn terminal_jobs_never_move_again() {
+        for from in JobState::ALL.into_iter().filter(|s| s.is_terminal()) {
+            for to in JobState::ALL {
+                assert!(!from.can_become(to), "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn cancel_is_immediate_only_before_dispatch_or_via_a_result() {
+        assert_eq!(
+            JobState::sources_of(JobState::Cancelled),
+            vec!["queued", "awaiting_card", "dispatched", "encoding"]
+        );
+        assert_eq!(
+            JobState::sources_of(JobState::Succeeded),
+            vec!["dispatched", "encoding"]
+        );
+    }
+
+    #[test]
+    fn states_round_trip_through_their_names() {
+        for s in JobState::ALL {
+            assert_eq!(JobState::parse(s.as_str()), Some(s));
+        }
+        for s in CardState::ALL {
+            assert_eq!(CardState::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CardState::parse("Produced"), None);
+    }
+
+    #[test]
+    fn identifiers_refuse_hostile_input() {
+        assert!(CardNumber::parse("TC-000001").is_ok());
+        assert!(CardNumber::parse("").is_err());
+        assert!(CardNumber::parse("1'; DROP TABLE cards;--").is_err());
+        assert!(RackId::parse("rack.1").is_err());
+        assert!(ChipSerial::parse(&"9".repeat(65)).is_err());
+    }
+}

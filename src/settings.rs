@@ -1,0 +1,260 @@
+//! Layered configuration: built-in defaults, then `cardfleet.toml` (or the
+//! file given with `--config`), then `CARDFLEET__SECTION__KEY` variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub amqp: AmqpSettings,
+    pub http: HttpSettings,
+    pub metrics: MetricsSettings,
+    pub credentials: CredentialSettings,
+    pub profiles: ProfileSettings,
+    pub dispatcher: DispatcherSettings,
+    pub ledger: LedgerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/cardfleet`.
+    pub url: String,
+    pub max_connections: u32,
+    /// Create the database if it does not exist and apply migrations at start.
+    pub migrate_on_start: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// RabbitMQ URL with vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    pub url: String,
+    /// Deliveries of one job before RabbitMQ dead-letters it.
+    pub delivery_limit: u32,
+    pub reconnect_max_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    /// Most cards one initialize request or import may name (413 above).
+    pub max_batch_cards: usize,
+    /// Largest request body accepted (413 above).
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `/metrics` is served besides the API port; empty to disable.
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSettings {
+    /// Id stored with every encrypted credential.
+    pub key_id: String,
+    /// 64 hex characters: AES-256 key for credentials at rest.
+    pub encryption_key: String,
+    /// At least 64 hex characters: master key for per-card management keys.
+    pub master_key: String,
+}
+
+impl std::fmt::Debug for CredentialSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialSettings")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileSettings {
+    /// Directory of `*.toml` profiles; the built-in ones are always there.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DispatcherSettings {
+    /// Outbox rows published per round, all in flight at once.
+    pub batch_size: i64,
+    /// Longest wait between outbox polls when no notification arrives.
+    pub poll_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerSettings {
+    /// Results applied per database transaction at most.
+    pub batch_size: usize,
+    /// How long a partial batch waits for more messages.
+    pub batch_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// `tracing` filter, e.g. `info,cardfleet=debug`.
+    pub filter: String,
+    /// `text` or `json`.
+    pub format: String,
+}
+
+/// Every key with its default; the README's configuration table lists these.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    (
+        "database.url",
+        "postgres://postgres@127.0.0.1:5432/cardfleet",
+    ),
+    ("database.max_connections", "16"),
+    ("database.migrate_on_start", "true"),
+    ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ("amqp.delivery_limit", "5"),
+    ("amqp.reconnect_max_seconds", "10"),
+    ("http.listen", "127.0.0.1:8080"),
+    ("http.max_batch_cards", "100000"),
+    ("http.max_body_bytes", "8388608"),
+    ("metrics.listen", "127.0.0.1:9464"),
+    ("credentials.key_id", "k1"),
+    ("dispatcher.batch_size", "2000"),
+    ("dispatcher.poll_interval_ms", "500"),
+    ("ledger.batch_size", "500"),
+    ("ledger.batch_wait_ms", "5"),
+    ("log.filter", "info"),
+    ("log.format", "text"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct SettingsError(String);
+
+impl Settings {
+    /// Loads settings; `file` overrides the default `cardfleet.toml`, which
+    /// is optional when not named explicitly.
+    pub fn load(file: Option<&Path>) -> Result<Self, SettingsError> {
+        Self::load_with(file, &[])
+    }
+
+    /// As [`Settings::load`], with overrides applied last (tests, standalone).
+    pub fn load_with(
+        file: Option<&Path>,
+        overrides: &[(&str, String)],
+    ) -> Result<Self, SettingsError> {
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder
+                .set_default(*key, *value)
+                .map_err(|e| SettingsError(e.to_string()))?;
+        }
+        builder = match file {
+            Some(path) => builder.add_source(config::File::from(path).required(true)),
+            None => builder.add_source(config::File::with_name("cardfleet.toml").required(false)),
+        };
+        builder = builder.add_source(
+            config::Environment::with_prefix("CARDFLEET")
+                .prefix_separator("__")
+                .separator("__"),
+        );
+        for (key, value) in overrides {
+            builder = builder
+                .set_override(*key, value.as_str())
+                .map_err(|e| SettingsError(e.to_string()))?;
+        }
+        let config = builder.build().map_err(|e| SettingsError(e.to_string()))?;
+        let settings: Settings = config.try_deserialize().map_err(|e| {
+            let text = e.to_string();
+            if text.contains("missing field") {
+                SettingsError(format!(
+                    "{text} (set it in cardfleet.toml or as CARDFLEET__SECTION__KEY)"
+                ))
+            } else {
+                SettingsError(text)
+            }
+        })?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if self.http.max_batch_cards == 0 {
+            return bad("http.max_batch_cards", "must be at least 1");
+        }
+        if self.dispatcher.batch_size <= 0 {
+            return bad("dispatcher.batch_size", "must be at least 1");
+        }
+        if self.ledger.batch_size == 0 {
+            return bad("ledger.batch_size", "must be at least 1");
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            return bad("log.format", "must be 'text' or 'json'");
+        }
+        crate::credentials::CredentialCipher::from_hex(
+            &self.credentials.key_id,
+            &self.credentials.encryption_key,
+        )
+        .map_err(|e| SettingsError(e.to_string()))?;
+        crate::credentials::MasterKey::from_hex(&self.credentials.master_key)
+            .map_err(|e| SettingsError(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys() -> Vec<(&'static str, String)> {
+        vec![
+            ("credentials.encryption_key", "22".repeat(32)),
+            ("credentials.master_key", "33".repeat(32)),
+        ]
+    }
+
+    #[test]
+    fn defaults_load_once_the_secrets_are_given() {
+        let s = Settings::load_with(None, &keys()).unwrap();
+        assert_eq!(s.http.listen.port(), 8080);
+        assert_eq!(s.amqp.delivery_limit, 5);
+    }
+
+    #[test]
+    fn a_missing_secret_is_named() {
+        let err = Settings::load_with(None, &[]).unwrap_err().to_string();
+        assert!(
+            err.contains("encryption_key") || err.contains("master_key"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_named() {
+        let dir = std::env::temp_dir().join(format!("cf-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cardfleet.toml");
+        std::fs::write(&file, "[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n").unwrap();
+        let err = Settings::load_with(Some(&file), &keys())
+            .unwrap_err()
+            .to_string();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn a_short_encryption_key_is_refused() {
+        let mut k = keys();
+        k[0].1 = "abcd".into();
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("credentials.encryption_key"), "{err}");
+    }
+}
