@@ -1,1 +1,4 @@
-//! cardfleet encoding worker.
+//! cardfleet encoding worker: card protocol types, the virtual PIV card and its vpcd bridge.
+
+pub mod apdu;
+pub mod tlv;
