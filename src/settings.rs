@@ -14,6 +14,7 @@ pub struct Settings {
     pub http: HttpSettings,
     pub metrics: MetricsSettings,
     pub credentials: CredentialSettings,
+    #[serde(default)]
     pub profiles: ProfileSettings,
     pub dispatcher: DispatcherSettings,
     pub ledger: LedgerSettings,
@@ -76,7 +77,7 @@ impl std::fmt::Debug for CredentialSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSettings {
     /// Directory of `*.toml` profiles; the built-in ones are always there.
