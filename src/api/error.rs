@@ -170,6 +170,7 @@ where
 
 /// Paging parameters shared by listings.
 #[derive(Debug, Clone, Copy, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Items per page, 1 to 1000 (default 100).
     pub limit: Option<i64>,

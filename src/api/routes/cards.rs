@@ -163,6 +163,7 @@ fn parse_csv(body: &[u8]) -> Result<(Vec<(usize, ImportRow)>, Vec<RowRejection>)
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// Card type, e.g. `temporary`.
@@ -174,7 +175,7 @@ pub struct ListQuery {
     pub offset: Option<i64>,
 }
 
-#[utoipa::path(get, path = "/v1/cards", tag = "cards", params(ListQuery),
+#[utoipa::path(get, path = "/v1/cards", tag = "cards", operation_id = "list_cards", params(ListQuery),
     responses((status = 200, body = Vec<CardSummary>), (status = 400, body = crate::api::error::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,

@@ -7,7 +7,7 @@ use crate::api::AppState;
 use crate::api::error::{ApiError, ApiQuery, Paging};
 use crate::store::racks::{DeadLetterView, RackView};
 
-#[utoipa::path(get, path = "/v1/racks", tag = "racks", responses((status = 200, body = Vec<RackView>)))]
+#[utoipa::path(get, path = "/v1/racks", tag = "racks", operation_id = "list_racks", responses((status = 200, body = Vec<RackView>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RackView>>, ApiError> {
     Ok(Json(state.store.list_racks().await?))
 }
