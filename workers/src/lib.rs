@@ -1,4 +1,5 @@
 //! cardfleet encoding worker: card protocol types, the virtual PIV card and its vpcd bridge.
 
 pub mod apdu;
+pub mod piv;
 pub mod tlv;

@@ -85,6 +85,7 @@ impl fmt::Debug for ResponseApdu {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

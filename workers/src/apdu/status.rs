@@ -172,6 +172,7 @@ impl fmt::Display for StatusWord {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
 

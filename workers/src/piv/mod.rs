@@ -1,0 +1,26 @@
+//! A virtual PIV card (NIST SP 800-73-4) with the YubiKey-compatible management extensions,
+//! used to exercise the encoding engine and the real PC/SC stack without hardware.
+
+mod card;
+mod command;
+mod extensions;
+pub mod ids;
+mod keys;
+mod mgmt;
+mod objects;
+mod options;
+mod pins;
+mod secrets;
+mod slots;
+mod state;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
+
+pub use card::{ATR, MAX_CHAIN_LEN, VirtualPivCard};
+pub use keys::{KEY_SLOTS, KeyAlgorithm, PinPolicy, SlotKey, is_key_slot};
+pub use objects::{MAX_OBJECT_LEN, factory_chuid};
+pub use options::{CardOptions, MgmtKeyAlgorithm, OptionsError, UnknownAlgorithm};
+pub use secrets::{ManagementKey, REFERENCE_DATA_LEN, ReferenceData};
+pub use state::{FACTORY_PIN, FACTORY_PUK, FACTORY_RETRIES, PersistentState, RetryCounter};
