@@ -263,7 +263,10 @@ mod tests {
         assert_eq!(a.expose().len(), 48);
         // The vector published in the README, computed independently, so
         // other tools can check their implementation of the KDF.
-        assert_eq!(a.expose(), "636a159cffefc12cfdc2a0430a43a4094f71f9e2f1ddf5dd");
+        assert_eq!(
+            a.expose(),
+            "636a159cffefc12cfdc2a0430a43a4094f71f9e2f1ddf5dd"
+        );
         assert_eq!(
             master
                 .derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes128)

@@ -318,10 +318,10 @@ fn valid_event(event: EventMessage) -> Result<EventMessage, String> {
         EventMessage::WorkerHeartbeat(h) => &h.rack_id,
     };
     crate::domain::RackId::parse(rack).map_err(|e| e.to_string())?;
-    if let EventMessage::SlotEvent(e) = &event {
-        if let Some(serial) = &e.chip_serial {
-            crate::domain::ChipSerial::parse(serial).map_err(|e| e.to_string())?;
-        }
+    if let EventMessage::SlotEvent(e) = &event
+        && let Some(serial) = &e.chip_serial
+    {
+        crate::domain::ChipSerial::parse(serial).map_err(|e| e.to_string())?;
     }
     Ok(event)
 }
@@ -330,10 +330,10 @@ fn valid_event(event: EventMessage) -> Result<EventMessage, String> {
 fn redacted_payload(data: &[u8]) -> String {
     let text = match serde_json::from_slice::<serde_json::Value>(data) {
         Ok(mut value) => {
-            if let Some(obj) = value.as_object_mut() {
-                if obj.contains_key("secrets") {
-                    obj.insert("secrets".into(), "<redacted>".into());
-                }
+            if let Some(obj) = value.as_object_mut()
+                && obj.contains_key("secrets")
+            {
+                obj.insert("secrets".into(), "<redacted>".into());
             }
             value.to_string()
         }

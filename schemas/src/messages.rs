@@ -229,6 +229,15 @@ pub enum EventMessage {
     WorkerHeartbeat(WorkerHeartbeat),
 }
 
+impl EventMessage {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            EventMessage::SlotEvent(e) => &e.meta,
+            EventMessage::WorkerHeartbeat(h) => &h.meta,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct SlotEvent {
     #[serde(flatten)]

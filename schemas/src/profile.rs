@@ -145,7 +145,9 @@ pub struct KeySpec {
     pub requirement: Requirement,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 pub enum KeySlot {
     #[serde(rename = "9a")]
     Authentication,
@@ -211,7 +213,10 @@ impl Requirement {
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("profile {source_name}: {message}")]
-    Parse { source_name: String, message: String },
+    Parse {
+        source_name: String,
+        message: String,
+    },
     #[error("profile {source_name}: {field}: {message}")]
     Invalid {
         source_name: String,
@@ -342,7 +347,10 @@ pub fn load_profiles(dir: Option<&Path>) -> Result<BTreeMap<String, CardProfile>
             message: e.to_string(),
         })?;
         let profile = CardProfile::from_toml(&source_name, &text)?;
-        let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
         if stem != profile.name {
             return Err(ProfileError::Invalid {
                 source_name,
@@ -359,7 +367,7 @@ pub fn load_profiles(dir: Option<&Path>) -> Result<BTreeMap<String, CardProfile>
 }
 
 fn hex_decode(s: &str) -> Option<Vec<u8>> {
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())
@@ -382,7 +390,9 @@ mod tests {
     #[test]
     fn an_out_of_range_pin_length_names_the_field() {
         let text = BUILTIN_TEMPORARY_PIV.replacen("length = 6", "length = 12", 1);
-        let err = CardProfile::from_toml("x.toml", &text).unwrap_err().to_string();
+        let err = CardProfile::from_toml("x.toml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("pin.length"), "{err}");
         assert!(err.contains("12"), "{err}");
     }
@@ -390,17 +400,19 @@ mod tests {
     #[test]
     fn an_unknown_field_is_named() {
         let text = format!("{BUILTIN_TEMPORARY_PIV}\ncolour = \"blue\"\n");
-        let err = CardProfile::from_toml("x.toml", &text).unwrap_err().to_string();
+        let err = CardProfile::from_toml("x.toml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("colour"), "{err}");
     }
 
     #[test]
     fn a_wrong_length_transport_key_is_refused() {
-        let text = BUILTIN_TEMPORARY_PIV.replace(
-            "010203040506070801020304050607080102030405060708",
-            "0102",
-        );
-        let err = CardProfile::from_toml("x.toml", &text).unwrap_err().to_string();
+        let text = BUILTIN_TEMPORARY_PIV
+            .replace("010203040506070801020304050607080102030405060708", "0102");
+        let err = CardProfile::from_toml("x.toml", &text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("transport.management_key"), "{err}");
     }
 

@@ -87,13 +87,15 @@ pub struct Transition {
     pub card_state: Option<String>,
 }
 
+/// A slot's last reported state, chip serial and reason.
+type SlotReport = (&'static str, Option<String>, Option<String>);
+
 impl Store {
     /// Applies slot events and heartbeats in order, then queues every job
     /// that was waiting for a card that has now been seen.
     pub async fn apply_events(&self, events: &[EventMessage], actor: &str) -> Result<usize> {
         // Fold in order: the last word on each slot and chip wins.
-        let mut slots: HashMap<(String, i32), (&'static str, Option<String>, Option<String>)> =
-            HashMap::new();
+        let mut slots: HashMap<(String, i32), SlotReport> = HashMap::new();
         let mut located: HashMap<String, (String, i32)> = HashMap::new();
         let mut vacated: Vec<(String, i32)> = Vec::new();
         let mut racks: HashMap<String, (String, i32, String)> = HashMap::new();
@@ -111,10 +113,10 @@ impl Store {
                         SlotEventKind::Removed => None,
                         _ => e.chip_serial.clone(),
                     };
-                    if e.kind == SlotEventKind::Inserted {
-                        if let Some(s) = &e.chip_serial {
-                            located.insert(s.clone(), key.clone());
-                        }
+                    if e.kind == SlotEventKind::Inserted
+                        && let Some(s) = &e.chip_serial
+                    {
+                        located.insert(s.clone(), key.clone());
                     }
                     if e.kind == SlotEventKind::Removed {
                         located.retain(|_, at| *at != key);

@@ -106,7 +106,10 @@ pub async fn import(
 
 /// Parses a production CSV. A bad header refuses the file; a bad row is
 /// reported and the others are imported.
-fn parse_csv(body: &[u8]) -> Result<(Vec<(usize, ImportRow)>, Vec<RowRejection>), ApiError> {
+/// Numbered rows of a production file and the rows refused while parsing.
+type ParsedRows = (Vec<(usize, ImportRow)>, Vec<RowRejection>);
+
+fn parse_csv(body: &[u8]) -> Result<ParsedRows, ApiError> {
     let mut reader = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
