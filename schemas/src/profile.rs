@@ -87,6 +87,10 @@ pub struct ManagementKeyPolicy {
     /// `algorithm` (e.g. a 3DES-only card for an `aes192` profile).
     #[serde(default)]
     pub fallback: Vec<ManagementKeyAlgorithm>,
+    /// Setting the per-card key needs the set-management-key extension;
+    /// whether a card without it fails the job.
+    #[serde(default = "Requirement::required")]
+    pub requirement: Requirement,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
