@@ -93,7 +93,7 @@ impl Dispatcher {
         }
         for (_, message) in &claim.messages {
             let payload = serde_json::to_vec(message)?;
-            let props = broker::properties(&message.meta.message_id.to_string(), "cancellation");
+            let props = broker::properties(&message.meta().message_id.to_string(), "control");
             // A fanout exchange with no worker bound is not an error.
             let confirm = channel
                 .basic_publish(
@@ -106,7 +106,7 @@ impl Dispatcher {
                 .await?
                 .await?;
             if !confirm.is_ack() {
-                anyhow::bail!("broker refused a cancellation");
+                anyhow::bail!("broker refused a control message");
             }
             self.metrics.cancellations_published.inc();
         }

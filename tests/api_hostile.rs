@@ -19,7 +19,10 @@ async fn malformed_and_hostile_requests_get_a_4xx_with_a_code_and_change_nothing
     // A batch to aim card-level requests at.
     app.enable().await;
     let batch = app
-        .post("/v1/initializations", serde_json::json!({ "card_ids": [ids[1]] }))
+        .post(
+            "/v1/initializations",
+            serde_json::json!({ "card_ids": [ids[1]] }),
+        )
         .await
         .body["batch_id"]
         .as_str()
@@ -76,10 +79,17 @@ async fn malformed_and_hostile_requests_get_a_4xx_with_a_code_and_change_nothing
         let r = app.raw(method, &path, content_type, body).await;
         let got_code = r.body["code"].as_str().unwrap_or("<none>");
         if r.status != status || got_code != code {
-            failures.push(format!("{name}: expected {status} {code}, got {} {got_code}: {}", r.status, r.body));
+            failures.push(format!(
+                "{name}: expected {status} {code}, got {} {got_code}: {}",
+                r.status, r.body
+            ));
         }
         assert!(r.status < 500, "{name} caused a server error");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    assert_eq!(app.table_counts().await, before, "a refused request changed the database");
+    assert_eq!(
+        app.table_counts().await,
+        before,
+        "a refused request changed the database"
+    );
 }

@@ -17,7 +17,10 @@ use support::*;
 const CARDS: usize = 5000;
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql).fetch_one(app.store.pool()).await.unwrap()
+    sqlx::query_scalar(sql)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -39,7 +42,10 @@ async fn a_broker_restart_mid_dispatch_loses_no_job_and_duplicates_are_harmless(
     drop(worker);
     app.enable().await;
     let r = app
-        .post("/v1/initializations", json!({ "filter": { "type": "temporary", "state": "produced", "limit": CARDS } }))
+        .post(
+            "/v1/initializations",
+            json!({ "filter": { "type": "temporary", "state": "produced", "limit": CARDS } }),
+        )
         .await;
     assert_eq!(r.status, 202);
     assert_eq!(r.body["accepted"].as_array().unwrap().len(), CARDS);
@@ -48,13 +54,17 @@ async fn a_broker_restart_mid_dispatch_loses_no_job_and_duplicates_are_harmless(
         count(&app, "SELECT count(*) FROM jobs WHERE state = 'dispatched'").await > 0
     })
     .await;
-    let dispatched_at_stop = count(&app, "SELECT count(*) FROM jobs WHERE state = 'dispatched'").await;
+    let dispatched_at_stop =
+        count(&app, "SELECT count(*) FROM jobs WHERE state = 'dispatched'").await;
     rabbitmqctl(&["stop_app"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
     rabbitmqctl(&["start_app"]);
     rabbitmqctl(&["await_startup"]);
     println!("broker restarted with {dispatched_at_stop} of {CARDS} jobs dispatched");
-    assert!(dispatched_at_stop < CARDS as i64, "the restart did not hit the middle of dispatching");
+    assert!(
+        dispatched_at_stop < CARDS as i64,
+        "the restart did not hit the middle of dispatching"
+    );
 
     eventually(Duration::from_secs(120), "every job dispatched", || async {
         count(&app, "SELECT count(*) FROM jobs WHERE state = 'dispatched'").await == CARDS as i64
@@ -68,24 +78,41 @@ async fn a_broker_restart_mid_dispatch_loses_no_job_and_duplicates_are_harmless(
     let mut seen = HashSet::new();
     let mut deliveries = 0;
     loop {
-        let jobs = worker.take_jobs("rack-x", 1000, Duration::from_secs(5)).await;
+        let jobs = worker
+            .take_jobs("rack-x", 1000, Duration::from_secs(5))
+            .await;
         if jobs.is_empty() {
             break;
         }
         deliveries += jobs.len();
         for job in &jobs {
             seen.insert(job.job_id);
-            worker.publish_result(&result_for(job, Outcome::Succeeded)).await;
+            worker
+                .publish_result(&result_for(job, Outcome::Succeeded))
+                .await;
         }
     }
     println!("{deliveries} deliveries for {} distinct jobs", seen.len());
     assert_eq!(seen.len(), CARDS, "jobs were lost");
-    eventually(Duration::from_secs(120), "every card unassigned", || async {
-        count(&app, "SELECT count(*) FROM cards WHERE state = 'unassigned'").await == CARDS as i64
-    })
+    eventually(
+        Duration::from_secs(120),
+        "every card unassigned",
+        || async {
+            count(
+                &app,
+                "SELECT count(*) FROM cards WHERE state = 'unassigned'",
+            )
+            .await
+                == CARDS as i64
+        },
+    )
     .await;
     assert_eq!(
-        count(&app, "SELECT count(*) FROM audit WHERE action = 'job.finished'").await,
+        count(
+            &app,
+            "SELECT count(*) FROM audit WHERE action = 'job.finished'"
+        )
+        .await,
         CARDS as i64,
         "a duplicate moved a job twice"
     );

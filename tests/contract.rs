@@ -10,7 +10,10 @@ use support::*;
 
 #[test]
 fn the_committed_rabbitmq_definitions_match_the_code_and_import_into_the_broker() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rabbitmq/definitions.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/rabbitmq/definitions.json"
+    );
     let committed: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     assert_eq!(
@@ -28,9 +31,15 @@ fn the_committed_rabbitmq_definitions_match_the_code_and_import_into_the_broker(
         .output()
         .unwrap();
     let listed = String::from_utf8_lossy(&out.stdout);
-    for queue in ["cardfleet.results", "cardfleet.slot-events", "cardfleet.dead"] {
+    for queue in [
+        "cardfleet.results",
+        "cardfleet.slot-events",
+        "cardfleet.dead",
+    ] {
         assert!(
-            listed.lines().any(|l| l.starts_with(queue) && l.contains("quorum")),
+            listed
+                .lines()
+                .any(|l| l.starts_with(queue) && l.contains("quorum")),
             "{queue} missing or not quorum: {listed}"
         );
     }

@@ -24,21 +24,38 @@ async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_repo
     let worker = FakeWorker::connect(&app.vhost.url()).await;
 
     let before = app.table_counts().await;
-    let r = app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.body["code"], "process_disabled");
-    assert_eq!(app.table_counts().await, before, "a refused request changed the database");
+    assert_eq!(
+        app.table_counts().await,
+        before,
+        "a refused request changed the database"
+    );
 
     app.enable().await;
     // Card 0 was loaded into rack-a before submitting; card 1 into rack-b; card 2 later.
-    worker.insert_cards("rack-a", &["A-CHIP-000000".into()]).await;
-    worker.insert_cards("rack-b", &["A-CHIP-000001".into()]).await;
+    worker
+        .insert_cards("rack-a", &["A-CHIP-000000".into()])
+        .await;
+    worker
+        .insert_cards("rack-b", &["A-CHIP-000001".into()])
+        .await;
     eventually(WAIT, "slot events applied", || async {
-        app.get("/v1/racks").await.body.as_array().map_or(0, Vec::len) == 2
+        app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
     })
     .await;
 
-    let r = app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["accepted"].as_array().unwrap().len(), 3);
     for id in &ids {
@@ -54,7 +71,9 @@ async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_repo
     assert_eq!(b[0].card_id, ids[1]);
 
     // The secrets follow the profile's policy; the management key is the documented KDF's.
-    let plain = base64::engine::general_purpose::STANDARD.decode(&a[0].secrets.payload).unwrap();
+    let plain = base64::engine::general_purpose::STANDARD
+        .decode(&a[0].secrets.payload)
+        .unwrap();
     let secrets: CardSecrets = serde_json::from_slice(&plain).unwrap();
     assert_eq!(secrets.pin.len(), 6);
     assert!(secrets.pin.bytes().all(|b| b.is_ascii_digit()));
@@ -65,9 +84,15 @@ async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_repo
 
     let detail = app.get(&format!("/v1/cards/{}", ids[2])).await;
     assert_eq!(detail.body["jobs"][0]["state"], "awaiting_card");
-    worker.insert_cards("rack-a", &["A-CHIP-000002".into()]).await;
+    worker
+        .insert_cards("rack-a", &["A-CHIP-000002".into()])
+        .await;
     let later = worker.take_jobs("rack-a", 1, WAIT).await;
-    assert_eq!(later.len(), 1, "the job waiting for its card was not dispatched");
+    assert_eq!(
+        later.len(),
+        1,
+        "the job waiting for its card was not dispatched"
+    );
     assert_eq!(later[0].card_id, ids[2]);
 }
 
@@ -77,12 +102,21 @@ async fn a_result_delivered_three_times_moves_job_and_card_exactly_once() {
     let ids = app.import_cards("R", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
-    worker.insert_cards("rack-r", &["R-CHIP-000000".into()]).await;
+    worker
+        .insert_cards("rack-r", &["R-CHIP-000000".into()])
+        .await;
     eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks").await.body.as_array().unwrap().is_empty()
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
     })
     .await;
-    let r = app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     assert_eq!(r.status, 202);
     let job = worker.take_jobs("rack-r", 1, WAIT).await.remove(0);
 
@@ -90,11 +124,21 @@ async fn a_result_delivered_three_times_moves_job_and_card_exactly_once() {
     for _ in 0..3 {
         worker.publish_result(&result).await;
     }
-    eventually(WAIT, "card unassigned", || async { app.card_state(ids[0]).await == "unassigned" }).await;
+    eventually(WAIT, "card unassigned", || async {
+        app.card_state(ids[0]).await == "unassigned"
+    })
+    .await;
     // Let the two duplicates be consumed too, then count what they did.
     eventually(WAIT, "duplicates consumed", || async {
-        let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", app.metrics_port.unwrap()))
-            .await.unwrap().text().await.unwrap();
+        let m = reqwest::get(format!(
+            "http://127.0.0.1:{}/metrics",
+            app.metrics_port.unwrap()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
         m.contains("cardfleet_results_applied_total{effect=\"unchanged\"} 2")
     })
     .await;
@@ -127,24 +171,51 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
     // A worker's control queue, bound before the cancel.
     let control = worker.conn.create_channel().await.unwrap();
     let q = control
-        .queue_declare("".into(), QueueDeclareOptions { exclusive: true, ..Default::default() }, FieldTable::default())
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     control
-        .queue_bind(q.name().clone(), wire::CONTROL_EXCHANGE.into(), "".into(), QueueBindOptions::default(), FieldTable::default())
+        .queue_bind(
+            q.name().clone(),
+            wire::CONTROL_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let mut cancellations = control
-        .basic_consume(q.name().clone(), "test-control".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            q.name().clone(),
+            "test-control".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
 
-    worker.insert_cards("rack-c", &["C-CHIP-000000".into()]).await;
+    worker
+        .insert_cards("rack-c", &["C-CHIP-000000".into()])
+        .await;
     eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks").await.body.as_array().unwrap().is_empty()
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
     })
     .await;
-    let r = app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     let batch = r.body["batch_id"].as_str().unwrap().to_owned();
     // Card 0 is dispatched (its message is on the broker); card 1 awaits its card.
     eventually(WAIT, "job dispatched", || async {
@@ -152,30 +223,75 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
     })
     .await;
 
-    let r = app.post(&format!("/v1/initializations/{batch}/cancel"), json!({})).await;
+    let r = app
+        .post(&format!("/v1/initializations/{batch}/cancel"), json!({}))
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["cancelled"].as_array().unwrap().len(), 2);
     for id in &ids {
         assert_eq!(app.card_state(*id).await, "produced");
     }
 
-    let delivery = tokio::time::timeout(WAIT, cancellations.next()).await.unwrap().unwrap().unwrap();
-    let cancel: wire::Cancellation = serde_json::from_slice(&delivery.data).unwrap();
+    let delivery = tokio::time::timeout(WAIT, cancellations.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let wire::ControlMessage::Cancellation(cancel) =
+        serde_json::from_slice(&delivery.data).unwrap()
+    else {
+        panic!("expected a cancellation");
+    };
     let job = worker.take_jobs("rack-c", 1, WAIT).await.remove(0);
-    assert!(cancel.job_ids.contains(&job.job_id), "the message on the broker is not named cancelled");
+    assert!(
+        cancel.job_ids.contains(&job.job_id),
+        "the message on the broker is not named cancelled"
+    );
 
     // A worker that encoded it anyway cannot move the card: the result is stale.
-    worker.publish_result(&result_for(&job, Outcome::Succeeded)).await;
+    worker
+        .publish_result(&result_for(&job, Outcome::Succeeded))
+        .await;
     eventually(WAIT, "stale result consumed", || async {
-        let m = reqwest::get(format!("http://127.0.0.1:{}/metrics", app.metrics_port.unwrap()))
-            .await.unwrap().text().await.unwrap();
+        let m = reqwest::get(format!(
+            "http://127.0.0.1:{}/metrics",
+            app.metrics_port.unwrap()
+        ))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
         m.contains("cardfleet_results_applied_total{effect=\"unchanged\"} 1")
     })
     .await;
     assert_eq!(app.card_state(ids[0]).await, "produced");
 
+    // A quarantined slot is released through the same exchange.
+    let r = app
+        .post("/v1/racks/rack-c/slots/0/release", json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let delivery = tokio::time::timeout(WAIT, cancellations.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let message: wire::ControlMessage = serde_json::from_slice(&delivery.data).unwrap();
+    assert!(
+        matches!(message, wire::ControlMessage::ReleaseSlot(r) if r.rack_id == "rack-c" && r.slot == 0)
+    );
+    assert_eq!(
+        app.post("/v1/racks/rack-c/slots/99/release", json!({}))
+            .await
+            .status,
+        404
+    );
+
     // Cancelled cards can be submitted again.
-    let again = app.post("/v1/initializations", json!({ "card_ids": [ids[0]] })).await;
+    let again = app
+        .post("/v1/initializations", json!({ "card_ids": [ids[0]] }))
+        .await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body["accepted"].as_array().unwrap().len(), 1);
 }
@@ -186,8 +302,20 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
     let ids = app.import_cards("G", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
-    worker.publish(wire::RESULTS_EXCHANGE, wire::RESULTS_QUEUE, b"\xff\xfe not json").await;
-    worker.publish(wire::EVENTS_EXCHANGE, "slot.inserted", br#"{"type":"slot_event","rack_id":"x"}"#).await;
+    worker
+        .publish(
+            wire::RESULTS_EXCHANGE,
+            wire::RESULTS_QUEUE,
+            b"\xff\xfe not json",
+        )
+        .await;
+    worker
+        .publish(
+            wire::EVENTS_EXCHANGE,
+            "slot.inserted",
+            br#"{"type":"slot_event","rack_id":"x"}"#,
+        )
+        .await;
     let mut ghost = result_for(
         &wire::InitializeJob {
             meta: wire::Meta::now(),
@@ -198,7 +326,11 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
             chip_serial: "X".into(),
             rack_id: "rack-g".into(),
             profile: cardfleet_schemas::CardProfile::builtin().unwrap().remove(0),
-            secrets: wire::JobSecrets { scheme: wire::SecretScheme::Plain, key_id: None, payload: String::new() },
+            secrets: wire::JobSecrets {
+                scheme: wire::SecretScheme::Plain,
+                key_id: None,
+                payload: String::new(),
+            },
         },
         Outcome::Succeeded,
     );
@@ -208,24 +340,54 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
     worker.publish_result(&ghost).await;
 
     eventually(WAIT, "three dead letters", || async {
-        app.get("/v1/dead-letters").await.body.as_array().map_or(0, Vec::len) == 3
+        app.get("/v1/dead-letters")
+            .await
+            .body
+            .as_array()
+            .map_or(0, Vec::len)
+            == 3
     })
     .await;
     let letters = app.get("/v1/dead-letters").await.body;
-    let reasons: Vec<&str> = letters.as_array().unwrap().iter().map(|l| l["reason"].as_str().unwrap()).collect();
+    let reasons: Vec<&str> = letters
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["reason"].as_str().unwrap())
+        .collect();
     assert!(reasons.contains(&"unknown_job"), "{reasons:?}");
-    assert!(reasons.iter().filter(|r| r.starts_with("undecodable")).count() == 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .filter(|r| r.starts_with("undecodable"))
+            .count()
+            == 2,
+        "{reasons:?}"
+    );
 
     // The consumers are still alive: a real flow completes.
-    worker.insert_cards("rack-g", &["G-CHIP-000000".into()]).await;
+    worker
+        .insert_cards("rack-g", &["G-CHIP-000000".into()])
+        .await;
     eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks").await.body.as_array().unwrap().is_empty()
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
     })
     .await;
-    app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    app.post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     let job = worker.take_jobs("rack-g", 1, WAIT).await.remove(0);
-    worker.publish_result(&result_for(&job, Outcome::Succeeded)).await;
-    eventually(WAIT, "card unassigned", || async { app.card_state(ids[0]).await == "unassigned" }).await;
+    worker
+        .publish_result(&result_for(&job, Outcome::Succeeded))
+        .await;
+    eventually(WAIT, "card unassigned", || async {
+        app.card_state(ids[0]).await == "unassigned"
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -234,29 +396,52 @@ async fn failures_send_cards_back_to_stock_or_to_failed_with_the_reason_kept() {
     let ids = app.import_cards("F", 2).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
-    worker.insert_cards("rack-f", &["F-CHIP-000000".into(), "F-CHIP-000001".into()]).await;
+    worker
+        .insert_cards("rack-f", &["F-CHIP-000000".into(), "F-CHIP-000001".into()])
+        .await;
     eventually(WAIT, "cards located", || async {
-        app.get("/v1/racks").await.body[0]["slots"].as_array().map_or(0, Vec::len) == 2
+        app.get("/v1/racks").await.body[0]["slots"]
+            .as_array()
+            .map_or(0, Vec::len)
+            == 2
     })
     .await;
-    app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    app.post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     let jobs = worker.take_jobs("rack-f", 2, WAIT).await;
     for job in &jobs {
         let mut result = result_for(job, Outcome::Failed);
         if let wire::ResultMessage::EncodeResult(r) = &mut result {
             let unusable = job.card_id == ids[0];
             r.failure = Some(wire::Failure {
-                code: if unusable { "card_mute".into() } else { "card_removed".into() },
+                code: if unusable {
+                    "card_mute".into()
+                } else {
+                    "card_removed".into()
+                },
                 message: "test".into(),
                 card_unusable: unusable,
             });
         }
         worker.publish_result(&result).await;
     }
-    eventually(WAIT, "first card failed", || async { app.card_state(ids[0]).await == "failed" }).await;
-    eventually(WAIT, "second card back in stock", || async { app.card_state(ids[1]).await == "produced" }).await;
+    eventually(WAIT, "first card failed", || async {
+        app.card_state(ids[0]).await == "failed"
+    })
+    .await;
+    eventually(WAIT, "second card back in stock", || async {
+        app.card_state(ids[1]).await == "produced"
+    })
+    .await;
     let detail = app.get(&format!("/v1/cards/{}", ids[1])).await;
-    assert!(detail.body["state_reason"].as_str().unwrap().starts_with("card_removed"), "{}", detail.body);
+    assert!(
+        detail.body["state_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("card_removed"),
+        "{}",
+        detail.body
+    );
 }
 
 #[tokio::test]
@@ -265,19 +450,38 @@ async fn the_event_stream_reports_transitions_and_then_that_the_batch_finished()
     let ids = app.import_cards("S", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
-    worker.insert_cards("rack-s", &["S-CHIP-000000".into()]).await;
+    worker
+        .insert_cards("rack-s", &["S-CHIP-000000".into()])
+        .await;
     eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks").await.body.as_array().unwrap().is_empty()
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
     })
     .await;
-    let r = app.post("/v1/initializations", json!({ "card_ids": ids })).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
     let batch = r.body["batch_id"].as_str().unwrap().to_owned();
     let job = worker.take_jobs("rack-s", 1, WAIT).await.remove(0);
-    worker.publish_result(&result_for(&job, Outcome::Succeeded)).await;
+    worker
+        .publish_result(&result_for(&job, Outcome::Succeeded))
+        .await;
 
-    let response = app.http.get(app.url(&format!("/v1/initializations/{batch}/events"))).send().await.unwrap();
+    let response = app
+        .http
+        .get(app.url(&format!("/v1/initializations/{batch}/events")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    let text = tokio::time::timeout(WAIT, response.text()).await.unwrap().unwrap();
+    let text = tokio::time::timeout(WAIT, response.text())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(text.contains("event: transition"), "{text}");
     assert!(text.contains("\"to\":\"dispatched\""), "{text}");
     assert!(text.contains("\"to\":\"succeeded\""), "{text}");
@@ -294,7 +498,14 @@ async fn a_csv_production_file_imports_good_rows_and_reports_bad_ones() {
     csv.extend_from_slice(b"TC-1,CHIP-9,temporary,temporary-piv\n");
     csv.extend_from_slice(b"TC-5,CHIP-5,temporary\n");
     csv.extend_from_slice(b"TC-6,CHIP-6,temporary,temporary-piv\n");
-    let r = app.raw(reqwest::Method::POST, "/v1/cards/import", "text/csv", csv.clone()).await;
+    let r = app
+        .raw(
+            reqwest::Method::POST,
+            "/v1/cards/import",
+            "text/csv",
+            csv.clone(),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.body["imported"], 2, "{}", r.body);
     let codes: Vec<(u64, &str)> = r.body["rejected"]
@@ -303,9 +514,19 @@ async fn a_csv_production_file_imports_good_rows_and_reports_bad_ones() {
         .iter()
         .map(|x| (x["row"].as_u64().unwrap(), x["code"].as_str().unwrap()))
         .collect();
-    assert_eq!(codes, vec![(2, "malformed"), (3, "unknown_profile"), (4, "duplicate"), (5, "malformed")]);
+    assert_eq!(
+        codes,
+        vec![
+            (2, "malformed"),
+            (3, "unknown_profile"),
+            (4, "duplicate"),
+            (5, "malformed")
+        ]
+    );
     // The same file again: everything is a duplicate now.
-    let r = app.raw(reqwest::Method::POST, "/v1/cards/import", "text/csv", csv).await;
+    let r = app
+        .raw(reqwest::Method::POST, "/v1/cards/import", "text/csv", csv)
+        .await;
     assert_eq!(r.body["imported"], 0);
     let listed = app.get("/v1/cards?type=temporary&state=produced").await;
     assert_eq!(listed.body.as_array().unwrap().len(), 2);

@@ -305,7 +305,33 @@ pub enum SlotState {
     Quarantined,
 }
 
-/// Broadcast on `cardfleet.control`: stop or skip these jobs.
+/// Messages broadcast on `cardfleet.control` to every worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ControlMessage {
+    Cancellation(Cancellation),
+    ReleaseSlot(ReleaseSlot),
+}
+
+impl ControlMessage {
+    pub fn meta(&self) -> &Meta {
+        match self {
+            ControlMessage::Cancellation(m) => &m.meta,
+            ControlMessage::ReleaseSlot(m) => &m.meta,
+        }
+    }
+}
+
+/// Put a quarantined slot back into service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ReleaseSlot {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub rack_id: String,
+    pub slot: u16,
+}
+
+/// Stop or skip these jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Cancellation {
     #[serde(flatten)]

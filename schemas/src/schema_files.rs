@@ -3,7 +3,7 @@
 
 use schemars::{JsonSchema, schema_for};
 
-use crate::{Cancellation, CardProfile, EventMessage, InitializeJob, ResultMessage};
+use crate::{CardProfile, ControlMessage, EventMessage, InitializeJob, ResultMessage};
 
 fn render<T: JsonSchema>() -> String {
     let schema = schema_for!(T);
@@ -19,7 +19,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("initialize-job.schema.json", render::<InitializeJob>()),
         ("result-message.schema.json", render::<ResultMessage>()),
         ("event-message.schema.json", render::<EventMessage>()),
-        ("cancellation.schema.json", render::<Cancellation>()),
+        ("control-message.schema.json", render::<ControlMessage>()),
         ("card-profile.schema.json", render::<CardProfile>()),
     ]
 }

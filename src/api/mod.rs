@@ -62,6 +62,10 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             post(routes::initializations::cancel_card),
         )
         .route("/racks", get(routes::racks::list))
+        .route(
+            "/racks/{rack_id}/slots/{slot}/release",
+            post(routes::racks::release_slot),
+        )
         .route("/dead-letters", get(routes::racks::dead_letters));
     Router::new()
         .nest("/v1", v1)

@@ -2,7 +2,7 @@
 //! needs, then, after RabbitMQ confirmed them, delete them and mark the jobs
 //! dispatched in the same transaction.
 
-use cardfleet_schemas::Cancellation;
+use cardfleet_schemas::ControlMessage;
 use sqlx::{Postgres, Row, Transaction};
 use uuid::Uuid;
 
@@ -36,11 +36,11 @@ pub struct Claim {
     stale: Vec<i64>,
 }
 
-/// Claimed cancellations waiting to be broadcast.
+/// Claimed control messages (cancellations, slot releases) waiting to be broadcast.
 #[derive(Debug)]
 pub struct ControlClaim {
     tx: Transaction<'static, Postgres>,
-    pub messages: Vec<(i64, Cancellation)>,
+    pub messages: Vec<(i64, ControlMessage)>,
     undecodable: Vec<i64>,
 }
 

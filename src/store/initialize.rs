@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use cardfleet_schemas::{Cancellation, CardProfile, Meta};
+use cardfleet_schemas::{Cancellation, CardProfile, ControlMessage, Meta};
 use serde::Serialize;
 use sqlx::Row;
 use utoipa::ToSchema;
@@ -307,12 +307,12 @@ impl Store {
             .copied()
             .collect();
         if !broadcast.is_empty() {
-            let message = Cancellation {
+            let message = ControlMessage::Cancellation(Cancellation {
                 meta: Meta::now(),
                 job_ids: broadcast,
                 batch_id: Some(batch_id),
                 reason: "cancelled by operator".into(),
-            };
+            });
             sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
                 .bind(sqlx::types::Json(&message))
                 .execute(&mut *tx)

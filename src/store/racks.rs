@@ -280,6 +280,43 @@ impl Store {
         Ok(queued)
     }
 
+    /// Asks the rack's worker to put a quarantined slot back into service.
+    pub async fn release_slot(&self, rack_id: &str, slot: u16, actor: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM slots WHERE rack_id = $1 AND slot = $2)",
+        )
+        .bind(rack_id)
+        .bind(i32::from(slot))
+        .fetch_one(&mut *tx)
+        .await?;
+        if !known {
+            return Err(StoreError::NotFound);
+        }
+        let message =
+            cardfleet_schemas::ControlMessage::ReleaseSlot(cardfleet_schemas::ReleaseSlot {
+                meta: cardfleet_schemas::Meta::now(),
+                rack_id: rack_id.to_owned(),
+                slot,
+            });
+        sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
+            .bind(sqlx::types::Json(&message))
+            .execute(&mut *tx)
+            .await?;
+        let mut audit = AuditRows::default();
+        audit.push_admin(
+            "slot.release_requested",
+            serde_json::json!({ "rack_id": rack_id, "slot": slot }),
+        );
+        audit.insert(&mut tx, actor).await?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub async fn list_racks(&self) -> Result<Vec<RackView>> {
         let racks = sqlx::query(
             "SELECT rack_id, worker_id, last_heartbeat, in_flight FROM racks ORDER BY rack_id",

@@ -21,7 +21,10 @@ pub const ENCRYPTION_KEY: &str = "4242424242424242424242424242424242424242424242
 pub const MASTER_KEY: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 
 pub fn rabbitmqctl(args: &[&str]) {
-    let out = Command::new("rabbitmqctl").args(args).output().expect("rabbitmqctl runs");
+    let out = Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .expect("rabbitmqctl runs");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?}: {}",
@@ -31,7 +34,16 @@ pub fn rabbitmqctl(args: &[&str]) {
 
 pub fn psql(sql: &str) {
     let _ = Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-qc", sql])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-qc",
+            sql,
+        ])
         .output();
 }
 
@@ -54,7 +66,9 @@ impl Vhost {
 
 impl Drop for Vhost {
     fn drop(&mut self) {
-        let _ = Command::new("rabbitmqctl").args(["delete_vhost", &self.name]).output();
+        let _ = Command::new("rabbitmqctl")
+            .args(["delete_vhost", &self.name])
+            .output();
     }
 }
 
@@ -71,7 +85,10 @@ pub struct TestApp {
 
 pub fn settings_for(db_name: &str, amqp_url: &str, extra: &[(&str, String)]) -> Settings {
     let mut overrides = vec![
-        ("database.url", format!("postgres://postgres@127.0.0.1:5432/{db_name}")),
+        (
+            "database.url",
+            format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
+        ),
         ("database.max_connections", "8".to_string()),
         ("amqp.url", amqp_url.to_string()),
         ("amqp.reconnect_max_seconds", "1".to_string()),
@@ -102,7 +119,9 @@ pub async fn spawn_app_with(components: &[Component], extra: &[(&str, String)]) 
     let db_name = format!("cardfleet_test_{}", Uuid::new_v4().simple());
     let vhost = Vhost::new();
     let settings = settings_for(&db_name, &vhost.url(), extra);
-    let app = Application::build(&settings, components).await.expect("app builds");
+    let app = Application::build(&settings, components)
+        .await
+        .expect("app builds");
     let port = app.port().unwrap_or(0);
     let metrics_port = app.metrics_port();
     let store = app.store().clone();
@@ -126,7 +145,10 @@ impl Drop for TestApp {
         if let Some(t) = self.task.take() {
             t.abort();
         }
-        psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.db_name));
+        psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.db_name
+        ));
     }
 }
 
@@ -146,16 +168,34 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Reply {
-        let r = self.http.post(self.url(path)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         reply(r).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Reply {
-        let r = self.http.put(self.url(path)).json(&body).send().await.unwrap();
+        let r = self
+            .http
+            .put(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         reply(r).await
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, content_type: &str, body: Vec<u8>) -> Reply {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Reply {
         let r = self
             .http
             .request(method, self.url(path))
@@ -179,14 +219,18 @@ impl TestApp {
                 })
             })
             .collect();
-        let r = self.post("/v1/cards/import", json!({ "cards": cards })).await;
+        let r = self
+            .post("/v1/cards/import", json!({ "cards": cards }))
+            .await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["imported"], n, "{}", r.body);
         let mut ids = Vec::with_capacity(n);
         let mut offset = 0;
         while ids.len() < n {
             let page = self
-                .get(&format!("/v1/cards?type=temporary&limit=1000&offset={offset}"))
+                .get(&format!(
+                    "/v1/cards?type=temporary&limit=1000&offset={offset}"
+                ))
                 .await;
             let page = page.body.as_array().unwrap().clone();
             if page.is_empty() {
@@ -194,7 +238,11 @@ impl TestApp {
             }
             offset += page.len();
             for c in page {
-                if c["card_number"].as_str().unwrap().starts_with(&format!("{prefix}-TC-")) {
+                if c["card_number"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{prefix}-TC-"))
+                {
                     ids.push(c["card_id"].as_str().unwrap().parse().unwrap());
                 }
             }
@@ -204,7 +252,10 @@ impl TestApp {
 
     pub async fn enable(&self) {
         let r = self
-            .put("/v1/processes/initialize-temporary-card", json!({ "enabled": true }))
+            .put(
+                "/v1/processes/initialize-temporary-card",
+                json!({ "enabled": true }),
+            )
             .await;
         assert_eq!(r.status, 200, "{}", r.body);
     }
@@ -218,13 +269,23 @@ impl TestApp {
     pub async fn table_counts(&self) -> Vec<(String, i64)> {
         let mut counts = Vec::new();
         for table in [
-            "cards", "batches", "jobs", "credentials", "outbox", "slot_locations", "racks", "slots",
-            "dead_letters", "audit", "control_outbox",
+            "cards",
+            "batches",
+            "jobs",
+            "credentials",
+            "outbox",
+            "slot_locations",
+            "racks",
+            "slots",
+            "dead_letters",
+            "audit",
+            "control_outbox",
         ] {
-            let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                .fetch_one(self.store.pool())
-                .await
-                .unwrap();
+            let n: i64 =
+                sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+                    .fetch_one(self.store.pool())
+                    .await
+                    .unwrap();
             counts.push((table.to_owned(), n));
         }
         let states: Vec<(String, i64)> =
@@ -245,7 +306,8 @@ impl TestApp {
 async fn reply(r: reqwest::Response) -> Reply {
     let status = r.status().as_u16();
     let bytes = r.bytes().await.unwrap();
-    let body = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
     Reply { status, body }
 }
 
@@ -273,7 +335,9 @@ pub struct FakeWorker {
 
 impl FakeWorker {
     pub async fn connect(url: &str) -> Self {
-        let conn = cardfleet::broker::connect(url, "test-worker").await.unwrap();
+        let conn = cardfleet::broker::connect(url, "test-worker")
+            .await
+            .unwrap();
         let channel = cardfleet::broker::confirm_channel(&conn).await.unwrap();
         cardfleet::broker::declare_topology(&channel).await.unwrap();
         Self { conn, channel }
@@ -308,7 +372,10 @@ impl FakeWorker {
                     "slot.inserted".into(),
                     BasicPublishOptions::default(),
                     &payload,
-                    cardfleet::broker::properties(&event.meta().message_id.to_string(), "slot_event"),
+                    cardfleet::broker::properties(
+                        &event.meta().message_id.to_string(),
+                        "slot_event",
+                    ),
                 )
                 .await
                 .unwrap();
@@ -320,15 +387,29 @@ impl FakeWorker {
     }
 
     pub async fn publish_result(&self, msg: &wire::ResultMessage) {
-        self.publish(wire::RESULTS_EXCHANGE, wire::RESULTS_QUEUE, &serde_json::to_vec(msg).unwrap())
-            .await;
+        self.publish(
+            wire::RESULTS_EXCHANGE,
+            wire::RESULTS_QUEUE,
+            &serde_json::to_vec(msg).unwrap(),
+        )
+        .await;
     }
 
     /// Takes up to `n` job messages from a rack's queue (acking them), waiting up to `timeout`.
-    pub async fn take_jobs(&self, rack: &str, n: usize, timeout: Duration) -> Vec<wire::InitializeJob> {
-        cardfleet::broker::declare_rack_queue(&self.channel, rack, 5).await.unwrap();
+    pub async fn take_jobs(
+        &self,
+        rack: &str,
+        n: usize,
+        timeout: Duration,
+    ) -> Vec<wire::InitializeJob> {
+        cardfleet::broker::declare_rack_queue(&self.channel, rack, 5)
+            .await
+            .unwrap();
         let channel = self.conn.create_channel().await.unwrap();
-        channel.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+        channel
+            .basic_qos(1000, BasicQosOptions::default())
+            .await
+            .unwrap();
         let mut consumer = channel
             .basic_consume(
                 wire::rack_queue(rack).as_str().into(),
