@@ -2,6 +2,8 @@
 //! in-process bus), versioned, plus the card-profile type. JSON Schema files
 //! generated from these types are committed under `schemas/json/`.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod messages;
 pub mod profile;
 pub mod schema_files;

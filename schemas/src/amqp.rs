@@ -1,0 +1,266 @@
+//! RabbitMQ side of the contract (feature `amqp`): connections, the
+//! topology of DESIGN.md (declared by every service at start and
+//! exported as `deploy/rabbitmq/definitions.json`), and confirmed publishing.
+
+use std::time::Duration;
+
+use crate as wire;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+pub use lapin::Error as AmqpError;
+
+/// Header naming why a message was dead-lettered by cardfleet.
+pub const REASON_HEADER: &str = "x-cardfleet-reason";
+/// Header naming the queue a dead-lettered message came from.
+pub const SOURCE_HEADER: &str = "x-cardfleet-source";
+
+pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    Connection::connect(url, properties).await
+}
+
+/// A channel in confirm mode.
+pub async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    let channel = conn.create_channel().await?;
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    Ok(channel)
+}
+
+fn quorum_args(dead_letter: bool, delivery_limit: Option<u32>) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    if dead_letter {
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(wire::DEAD_EXCHANGE.into()),
+        );
+    }
+    if let Some(limit) = delivery_limit {
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(limit as i32));
+    }
+    args
+}
+
+fn durable() -> QueueDeclareOptions {
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
+}
+
+/// The exchanges of the topology: (name, type).
+const EXCHANGES: &[(&str, &str)] = &[
+    (wire::JOBS_EXCHANGE, "direct"),
+    (wire::RESULTS_EXCHANGE, "direct"),
+    (wire::EVENTS_EXCHANGE, "topic"),
+    (wire::CONTROL_EXCHANGE, "fanout"),
+    (wire::DEAD_EXCHANGE, "fanout"),
+];
+
+/// Fixed queues: (queue, exchange, routing key).
+const QUEUES: &[(&str, &str, &str)] = &[
+    (
+        wire::RESULTS_QUEUE,
+        wire::RESULTS_EXCHANGE,
+        wire::RESULTS_QUEUE,
+    ),
+    (wire::SLOT_EVENTS_QUEUE, wire::EVENTS_EXCHANGE, "#"),
+    (wire::DEAD_QUEUE, wire::DEAD_EXCHANGE, ""),
+];
+
+fn kind(name: &str) -> ExchangeKind {
+    match name {
+        "direct" => ExchangeKind::Direct,
+        "topic" => ExchangeKind::Topic,
+        _ => ExchangeKind::Fanout,
+    }
+}
+
+/// Declares exchanges and the fixed queues; idempotent.
+pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
+    for (name, ty) in EXCHANGES {
+        channel
+            .exchange_declare(
+                (*name).into(),
+                kind(ty),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    for (queue, exchange, key) in QUEUES {
+        let dead_letter = *queue != wire::DEAD_QUEUE;
+        channel
+            .queue_declare((*queue).into(), durable(), quorum_args(dead_letter, None))
+            .await?;
+        channel
+            .queue_bind(
+                (*queue).into(),
+                (*exchange).into(),
+                (*key).into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
+/// Declares and binds the queue of one rack.
+pub async fn declare_rack_queue(
+    channel: &Channel,
+    rack_id: &str,
+    delivery_limit: u32,
+) -> Result<(), AmqpError> {
+    let queue = wire::rack_queue(rack_id);
+    channel
+        .queue_declare(
+            queue.as_str().into(),
+            durable(),
+            quorum_args(true, Some(delivery_limit)),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            wire::JOBS_EXCHANGE.into(),
+            rack_id.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+}
+
+/// Properties of every cardfleet message: persistent JSON with ids.
+pub fn properties(message_id: &str, kind: &str) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type("application/json".into())
+        .with_message_id(message_id.into())
+        .with_type(kind.into())
+}
+
+/// Properties for a dead letter: the original's id plus why and whence.
+pub fn dead_letter_properties(
+    message_id: Option<&str>,
+    source: &str,
+    reason: &str,
+) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(REASON_HEADER.into(), AMQPValue::LongString(reason.into()));
+    headers.insert(SOURCE_HEADER.into(), AMQPValue::LongString(source.into()));
+    properties(message_id.unwrap_or(""), "dead_letter").with_headers(headers)
+}
+
+/// Publishes and waits for the broker's confirm. Unroutable counts as failure.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<bool, AmqpError> {
+    let confirm = channel
+        .basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: true,
+                ..BasicPublishOptions::default()
+            },
+            payload,
+            properties,
+        )
+        .await?;
+    let confirmation = confirm.await?;
+    Ok(confirmation.is_ack() && confirmation.take_message().is_none())
+}
+
+/// A header's value as text, if present.
+pub fn header_text(properties: &BasicProperties, name: &str) -> Option<String> {
+    let headers = properties.headers().as_ref()?;
+    match headers.inner().get(&ShortString::from(name))? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// Why RabbitMQ itself dead-lettered a message (`x-first-death-reason`,
+/// e.g. `delivery_limit`) and from which queue.
+pub fn broker_death(properties: &BasicProperties) -> Option<(String, String)> {
+    let reason = header_text(properties, "x-first-death-reason")?;
+    let queue = header_text(properties, "x-first-death-queue").unwrap_or_default();
+    Some((reason, queue))
+}
+
+/// Backoff for reconnect loops: doubling up to `max`.
+pub fn backoff(attempt: u32, max: Duration) -> Duration {
+    let ms = 100u64.saturating_mul(1u64 << attempt.min(10));
+    Duration::from_millis(ms).min(max)
+}
+
+/// The topology as RabbitMQ definitions (for `rabbitmqctl import_definitions`).
+pub fn definitions(vhost: &str, delivery_limit: u32) -> serde_json::Value {
+    let exchanges: Vec<_> = EXCHANGES
+        .iter()
+        .map(|(name, ty)| {
+            serde_json::json!({
+                "name": name, "vhost": vhost, "type": ty, "durable": true,
+                "auto_delete": false, "internal": false, "arguments": {}
+            })
+        })
+        .collect();
+    let queues: Vec<_> = QUEUES
+        .iter()
+        .map(|(queue, _, _)| {
+            let mut arguments = serde_json::json!({ "x-queue-type": "quorum" });
+            if *queue != wire::DEAD_QUEUE {
+                arguments["x-dead-letter-exchange"] = wire::DEAD_EXCHANGE.into();
+            }
+            serde_json::json!({
+                "name": queue, "vhost": vhost, "durable": true, "auto_delete": false,
+                "arguments": arguments
+            })
+        })
+        .collect();
+    let bindings: Vec<_> = QUEUES
+        .iter()
+        .map(|(queue, exchange, key)| {
+            serde_json::json!({
+                "source": exchange, "vhost": vhost, "destination": queue,
+                "destination_type": "queue", "routing_key": key, "arguments": {}
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "vhosts": [{ "name": vhost }],
+        "exchanges": exchanges,
+        "queues": queues,
+        "bindings": bindings,
+        "policies": [{
+            "vhost": vhost,
+            "name": "cardfleet-rack-queues",
+            "pattern": "^cardfleet\\.rack\\.",
+            "apply-to": "queues",
+            "priority": 0,
+            "definition": {
+                "delivery-limit": delivery_limit,
+                "dead-letter-exchange": wire::DEAD_EXCHANGE
+            }
+        }]
+    })
+}
