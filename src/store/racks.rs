@@ -131,6 +131,18 @@ impl Store {
                         (h.worker_id.clone(), in_flight, h.version.clone()),
                     );
                     for s in &h.slots {
+                        // Heartbeats repeat where every chip is, repairing lost slot events.
+                        let key = (h.rack_id.clone(), i32::from(s.slot));
+                        match (&s.chip_serial, s.state) {
+                            (Some(serial), SlotState::Present | SlotState::Encoding) => {
+                                located.insert(serial.clone(), key);
+                            }
+                            (_, SlotState::Empty) => {
+                                located.retain(|_, at| *at != key);
+                                vacated.push(key);
+                            }
+                            _ => {}
+                        }
                         let state = match s.state {
                             SlotState::Empty => "empty",
                             SlotState::Present => "present",
