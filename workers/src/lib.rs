@@ -3,3 +3,4 @@
 pub mod apdu;
 pub mod piv;
 pub mod tlv;
+pub mod vpcd;

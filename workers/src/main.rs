@@ -1,1 +1,93 @@
-fn main() {}
+//! `cardfleet-worker`: parses the command line, starts tracing and runs one subcommand.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use anyhow::Context;
+use cardfleet_worker::piv::MgmtKeyAlgorithm;
+use cardfleet_worker::vpcd::{VirtualCardConfig, run_virtual_card};
+use clap::{Args, Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// cardfleet encoding worker.
+#[derive(Debug, Parser)]
+#[command(name = "cardfleet-worker", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Attach a virtual PIV card to vsmartcard's vpcd reader driver (runs until killed).
+    VirtualCard(VirtualCardArgs),
+}
+
+#[derive(Debug, Args)]
+struct VirtualCardArgs {
+    /// vpcd address; the default vpcd reader listens on 35963 and 35964 for its two slots.
+    #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:35963")]
+    vpcd: String,
+    /// Chip serial of a new card (decimal or 0x-prefixed hex); random when omitted. A card
+    /// loaded from --state-dir keeps its own.
+    #[arg(long, value_name = "SERIAL", value_parser = parse_serial)]
+    chip_serial: Option<u32>,
+    /// Directory where the card's state is saved after every change and loaded at start.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Behave like a card without the YubiKey-compatible management instructions.
+    #[arg(long)]
+    no_extensions: bool,
+    /// Accept only digits in PINs and PUKs.
+    #[arg(long)]
+    numeric_pins_only: bool,
+    /// Management key algorithms the card accepts; the factory key is 3DES when listed,
+    /// else the first one.
+    #[arg(
+        long,
+        value_name = "ALGS",
+        value_delimiter = ',',
+        default_value = "3des,aes128,aes192,aes256"
+    )]
+    mgmt_key_algs: Vec<MgmtKeyAlgorithm>,
+}
+
+impl VirtualCardArgs {
+    fn into_config(self) -> VirtualCardConfig {
+        VirtualCardConfig {
+            state_dir: self.state_dir,
+            chip_serial: self.chip_serial,
+            extensions: !self.no_extensions,
+            numeric_pins_only: self.numeric_pins_only,
+            mgmt_key_algorithms: self.mgmt_key_algs,
+            max_backoff: Duration::from_secs(2),
+            ..VirtualCardConfig::new(self.vpcd)
+        }
+    }
+}
+
+fn parse_serial(text: &str) -> Result<u32, String> {
+    let parsed = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => text.parse(),
+    };
+    parsed.map_err(|err| format!("{text:?} is not a 32-bit serial: {err}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::VirtualCard(args) => {
+            let config = args.into_config();
+            run_virtual_card(&config, &AtomicBool::new(false))
+                .with_context(|| format!("virtual card on vpcd {}", config.vpcd_addr))
+        }
+    }
+}

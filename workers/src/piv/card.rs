@@ -180,7 +180,12 @@ impl VirtualPivCard {
             self.session.pending_mgmt = None;
         }
         match command {
-            PivCommand::Select { aid } => self.select(aid),
+            PivCommand::Select {
+                aid,
+                return_template,
+            } => self
+                .select(aid)
+                .map(|apt| if return_template { apt } else { Vec::new() }),
             PivCommand::GetData { object } => self.get_data(object),
             PivCommand::GetCplc => self.cplc(),
             PivCommand::Verify { key_ref, action } => self.verify(key_ref, action),

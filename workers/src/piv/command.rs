@@ -21,8 +21,10 @@ pub(super) enum VerifyAction<'a> {
 /// A command the card understands, borrowing its data from the APDU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum PivCommand<'a> {
+    /// `return_template` is false for P2 = `0C` (no response data requested).
     Select {
         aid: &'a [u8],
+        return_template: bool,
     },
     GetData {
         object: Tag,
@@ -80,8 +82,11 @@ impl<'a> PivCommand<'a> {
         };
         let command = match apdu.ins() {
             ins::SELECT => {
-                require(p1 == 0x04 && p2 == 0x00)?;
-                Self::Select { aid: data }
+                require(p1 == 0x04 && (p2 == 0x00 || p2 == 0x0C))?;
+                Self::Select {
+                    aid: data,
+                    return_template: p2 == 0x00,
+                }
             }
             ins::GET_DATA => {
                 require(apdu.p1p2() == 0x3FFF)?;

@@ -13,6 +13,7 @@ mod pins;
 mod secrets;
 mod slots;
 mod state;
+mod store;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -24,3 +25,4 @@ pub use objects::{MAX_OBJECT_LEN, factory_chuid};
 pub use options::{CardOptions, MgmtKeyAlgorithm, OptionsError, UnknownAlgorithm};
 pub use secrets::{ManagementKey, REFERENCE_DATA_LEN, ReferenceData};
 pub use state::{FACTORY_PIN, FACTORY_PUK, FACTORY_RETRIES, PersistentState, RetryCounter};
+pub use store::{STATE_FILE, StateStore, StoreError};

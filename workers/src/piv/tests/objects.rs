@@ -36,6 +36,15 @@ fn select_accepts_the_full_and_the_truncated_aid_and_returns_the_property_templa
 }
 
 #[test]
+fn select_with_p2_0c_answers_no_data() {
+    let mut card = card_with(CardOptions::default());
+    assert_eq!(
+        send(&mut card, &h("00 A4 04 0C 05 A0 00 00 03 08")),
+        (vec![], 0x9000)
+    );
+}
+
+#[test]
 fn select_table() {
     let mut card = card_with(CardOptions::default());
     run_table(
@@ -60,6 +69,12 @@ fn select_table() {
             ),
             ("wrong P1", "00 A4 00 00 05 A0 00 00 03 08", 0x6A86),
             ("wrong P2", "00 A4 04 01 05 A0 00 00 03 08", 0x6A86),
+            (
+                "P2 0C selects without answering data",
+                "00 A4 04 0C 05 A0 00 00 03 08",
+                0x9000,
+            ),
+            ("selected", "00 CB 3F FF 05 5C 03 5F C1 02", 0x9000),
             ("truncated AID", SELECT, 0x9000),
             (
                 "selection survives a failed SELECT",
