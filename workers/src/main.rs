@@ -91,3 +91,70 @@ fn main() -> anyhow::Result<()> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn virtual_card_options_reach_the_configuration() {
+        let cli = Cli::try_parse_from([
+            "cardfleet-worker",
+            "virtual-card",
+            "--vpcd",
+            "127.0.0.1:35964",
+            "--chip-serial",
+            "0x00C0FFEE",
+            "--state-dir",
+            "/tmp/card",
+            "--no-extensions",
+            "--numeric-pins-only",
+            "--mgmt-key-algs",
+            "aes128,aes256",
+        ])
+        .unwrap();
+        let Command::VirtualCard(args) = cli.command;
+        let config = args.into_config();
+        assert_eq!(config.vpcd_addr, "127.0.0.1:35964");
+        assert_eq!(config.chip_serial, Some(0x00C0_FFEE));
+        assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/card")));
+        assert!(!config.extensions && config.numeric_pins_only);
+        assert_eq!(
+            config.mgmt_key_algorithms,
+            [MgmtKeyAlgorithm::Aes128, MgmtKeyAlgorithm::Aes256]
+        );
+    }
+
+    #[test]
+    fn defaults_describe_a_full_featured_card_on_the_first_vpcd_slot() {
+        let cli = Cli::try_parse_from(["cardfleet-worker", "virtual-card"]).unwrap();
+        let Command::VirtualCard(args) = cli.command;
+        let config = args.into_config();
+        assert_eq!(config.vpcd_addr, "127.0.0.1:35963");
+        assert_eq!((config.chip_serial, config.extensions), (None, true));
+        assert_eq!(config.mgmt_key_algorithms, MgmtKeyAlgorithm::ALL);
+    }
+
+    #[test]
+    fn bad_serials_and_algorithms_are_rejected() {
+        assert_eq!(parse_serial("1234"), Ok(1234));
+        assert!(parse_serial("0x1_0000_0000").is_err());
+        assert!(parse_serial("-1").is_err());
+        for bad in [
+            ["--chip-serial", "12ab"],
+            ["--mgm-key-algs", "des"],
+            ["--mgmt-key-algs", "des"],
+        ] {
+            let mut argv = vec!["cardfleet-worker", "virtual-card"];
+            argv.extend(bad);
+            assert!(Cli::try_parse_from(argv).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -114,8 +114,8 @@ enum KeyMaterial {
 }
 
 /// A key pair held in a slot.
-#[derive(Serialize, Deserialize)]
-#[serde(try_from = "StoredKey", into = "StoredKey")]
+#[derive(Deserialize)]
+#[serde(try_from = "StoredKey")]
 pub struct SlotKey {
     material: KeyMaterial,
     pin_policy: PinPolicy,
@@ -285,25 +285,23 @@ struct StoredKey {
     touch_policy: u8,
 }
 
-impl From<SlotKey> for StoredKey {
-    fn from(key: SlotKey) -> Self {
-        let private_key = match &key.material {
-            // Encoding a key that was generated or decoded by the same crate cannot fail in
-            // practice; an empty value would fail loudly on load rather than silently here.
-            KeyMaterial::Rsa(rsa) => Zeroizing::new(
-                rsa.to_pkcs1_der()
-                    .map(|d| d.as_bytes().to_vec())
-                    .unwrap_or_default(),
-            ),
+impl Serialize for SlotKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let private_key = match &self.material {
+            KeyMaterial::Rsa(rsa) => {
+                let der = rsa.to_pkcs1_der().map_err(serde::ser::Error::custom)?;
+                Zeroizing::new(der.as_bytes().to_vec())
+            }
             KeyMaterial::P256(ec) => Zeroizing::new(ec.to_bytes().to_vec()),
             KeyMaterial::P384(ec) => Zeroizing::new(ec.to_bytes().to_vec()),
         };
-        Self {
-            algorithm: key.algorithm(),
+        StoredKey {
+            algorithm: self.algorithm(),
             private_key,
-            pin_policy: key.pin_policy,
-            touch_policy: key.touch_policy,
+            pin_policy: self.pin_policy,
+            touch_policy: self.touch_policy,
         }
+        .serialize(serializer)
     }
 }
 
