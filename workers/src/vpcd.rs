@@ -155,7 +155,7 @@ pub fn run_virtual_card(config: &VirtualCardConfig, stop: &AtomicBool) -> Result
     while !stop.load(Ordering::Relaxed) {
         match TcpStream::connect(&config.vpcd_addr) {
             Ok(stream) => {
-                info!(vpcd = %config.vpcd_addr, "card inserted into vpcd");
+                info!(vpcd = %config.vpcd_addr, "connected to vpcd: card inserted");
                 backoff = FIRST_BACKOFF;
                 announced_wait = false;
                 match serve_connection(stream, &mut card, store.as_ref()) {
