@@ -68,6 +68,9 @@ mod session;
 mod steps;
 mod virtual_card;
 
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
 
 use cardfleet_schemas::{CardProfile, CardSecrets, Failure, Outcome, StepReport};
 use uuid::Uuid;
