@@ -61,6 +61,8 @@ pub enum FailureCode {
     UnexpectedStatus,
     /// The card's answer cannot be parsed.
     MalformedResponse,
+    /// The job was cancelled before it wrote anything (outcome `cancelled`).
+    Cancelled,
 }
 
 impl FailureCode {
@@ -90,6 +92,7 @@ impl FailureCode {
             Self::VerificationFailed => "verification_failed",
             Self::UnexpectedStatus => "unexpected_status",
             Self::MalformedResponse => "malformed_response",
+            Self::Cancelled => "cancelled",
         }
     }
 

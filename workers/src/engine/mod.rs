@@ -83,10 +83,26 @@ pub use journal::{JOURNAL_TAG, Journal};
 /// Never panics on card input; a failure is in the report, with whether another attempt
 /// on the same card may succeed.
 pub fn encode(request: &EncodeRequest<'_>, card: &mut dyn CardTransport) -> EncodeReport {
-    let span =
-        tracing::debug_span!("encode", job.id = %request.job_id, chip.serial = request.chip_serial);
+    encode_cancellable(request, card, &|| false)
+}
+
+/// [`encode`], asking `cancelled` between the steps after `read_journal` and before the
+/// first write. If it answers true while the journal shows this job has written nothing to
+/// the card, the report's outcome is `cancelled` (code `cancelled`); once the job has
+/// written, in this attempt or an earlier one, it runs to the end so that no card is left
+/// half initialized, and the report says how it ended.
+pub fn encode_cancellable(
+    request: &EncodeRequest<'_>,
+    card: &mut dyn CardTransport,
+    cancelled: &dyn Fn() -> bool,
+) -> EncodeReport {
+    let span = tracing::debug_span!(
+        "encode",
+        job.id = %request.job_id,
+        chip.serial = request.chip_serial
+    );
     let _entered = span.enter();
-    runner::Runner::encode(request, card)
+    runner::Runner::encode(request, card, cancelled)
 }
 
 /// Selects the PIV application and reads the chip's identity: the IC serial number of the

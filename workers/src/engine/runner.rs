@@ -95,10 +95,14 @@ impl Prepared {
     }
 }
 
+/// A step function.
+type Step<'r, 'c> = fn(&mut Runner<'r, 'c>) -> Result<StepOutcome, EngineError>;
+
 /// One encoding attempt in progress.
 pub(crate) struct Runner<'r, 'c> {
     pub session: Session<'c>,
     pub request: &'r EncodeRequest<'r>,
+    cancelled: &'r dyn Fn() -> bool,
     pub prepared: Prepared,
     steps: Vec<StepReport>,
     /// This job's journal as it is on the card (`None`: the card has none of ours).
@@ -122,6 +126,7 @@ impl<'r, 'c> Runner<'r, 'c> {
     pub(crate) fn encode(
         request: &'r EncodeRequest<'r>,
         card: &'c mut dyn CardTransport,
+        cancelled: &'r dyn Fn() -> bool,
     ) -> EncodeReport {
         let mut steps = Vec::new();
         let prepared = timed(&mut steps, "check_request", || {
@@ -134,6 +139,7 @@ impl<'r, 'c> Runner<'r, 'c> {
         let mut runner = Runner {
             session: Session::new(card),
             request,
+            cancelled,
             prepared,
             steps,
             journal: None,
@@ -155,9 +161,17 @@ impl<'r, 'c> Runner<'r, 'c> {
         self.step("select", Self::select)?;
         self.step("identify", Self::identify)?;
         self.step("read_journal", Self::read_journal)?;
-        self.step("probe", Self::probe)?;
-        self.step("check_pin", Self::check_pin)?;
-        self.step("authenticate", Self::authenticate)?;
+        // From here on the journal tells whether this job has written to the card.
+        let reading: [(&str, Step<'r, 'c>); 3] = [
+            ("probe", Self::probe),
+            ("check_pin", Self::check_pin),
+            ("authenticate", Self::authenticate),
+        ];
+        for (name, body) in reading {
+            self.stop_if_cancelled()?;
+            self.step(name, body)?;
+        }
+        self.stop_if_cancelled()?;
         self.step("set_retries", Self::set_retries)?;
         self.step("set_management_key", Self::set_management_key)?;
         self.step("change_pin", |r| r.change(Reference::Pin))?;
@@ -169,6 +183,19 @@ impl<'r, 'c> Runner<'r, 'c> {
         self.chuid_in_effect = self.step("write_chuid", Self::write_chuid)?.in_effect();
         self.ccc_in_effect = self.step("write_ccc", Self::write_ccc)?.in_effect();
         self.step("verify", Self::verify)?;
+        Ok(())
+    }
+
+    /// Cancellation takes effect only while the journal shows that this job has written
+    /// nothing to the card (in this attempt or an earlier one): once it has, the job
+    /// finishes so that the card is not left half initialized.
+    fn stop_if_cancelled(&self) -> Result<(), EngineError> {
+        if self.journal.is_none() && (self.cancelled)() {
+            return Err(EngineError::refused(
+                FailureCode::Cancelled,
+                "cancelled before anything was written to the card",
+            ));
+        }
         Ok(())
     }
 
@@ -298,10 +325,15 @@ fn report(result: Result<(), EngineError>, steps: Vec<StepReport>, apdus: usize)
         }
         Err(error) => {
             let code = error.code();
+            let outcome = if code == FailureCode::Cancelled {
+                Outcome::Cancelled
+            } else {
+                Outcome::Failed
+            };
             // Logged at debug: the runtime that handles the report logs the failure once.
             tracing::debug!(code = code.as_str(), %error, apdus, "encoding failed");
             EncodeReport {
-                outcome: Outcome::Failed,
+                outcome,
                 failure: Some(Failure {
                     code: code.as_str().to_owned(),
                     message: error.to_string(),

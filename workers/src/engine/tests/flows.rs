@@ -242,3 +242,89 @@ fn a_malformed_request_fails_before_any_apdu() {
     assert_eq!(failure_code(&job.run(&mut card)), "invalid_request");
     assert!(!card.take_state_changed());
 }
+
+#[test]
+fn a_cancelled_job_stops_before_writing_and_a_started_one_finishes() {
+    let job = Job::new();
+    let mut card = factory_card();
+    let asked = std::cell::Cell::new(0);
+    let report = crate::engine::encode_cancellable(&job.request(), &mut card, &|| {
+        asked.set(asked.get() + 1);
+        asked.get() > 1
+    });
+    assert_eq!(report.outcome, cardfleet_schemas::Outcome::Cancelled);
+    assert_eq!(report.failure.as_ref().unwrap().code, "cancelled");
+    assert_eq!(report.steps.last().unwrap().step, "probe");
+    assert!(!report.retryable);
+    assert_eq!(state_of(&card), state_of(&factory_card()));
+
+    // Interrupted after writing began, then redelivered while a cancel is pending: the
+    // job has written already, so it runs to the end.
+    let mut card = crate::engine::FaultyTransport::new(
+        factory_card(),
+        crate::engine::FaultPlan {
+            pull: Some(crate::engine::Pull {
+                at: crate::engine::PullAt::Ins { ins: 0x47, nth: 0 },
+                processed: false,
+            }),
+            ..Default::default()
+        },
+    );
+    assert_eq!(failure_code(&job.run(&mut card)), "card_removed");
+    card.reinsert();
+    let report = crate::engine::encode_cancellable(&job.request(), &mut card, &|| true);
+    assert_succeeded(&report);
+}
+
+#[test]
+fn no_secret_reaches_a_log_line_even_at_trace_level() {
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer(Arc::default());
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let job = Job::new();
+    tracing::subscriber::with_default(subscriber, || {
+        let mut card = factory_card();
+        assert_succeeded(&job.run(&mut card));
+        card.reset();
+        assert_succeeded(&job.run(&mut card));
+        let mut numeric = card_with(|o| o.numeric_pins_only = true);
+        let mut letters = Job::new();
+        letters.secrets.pin = "AB12CD".into();
+        letters.run(&mut numeric);
+    });
+    let log = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        log.contains("GENERATE ASYMMETRIC KEY PAIR"),
+        "APDUs are traced"
+    );
+    let as_hex = |s: &str| hex::encode(s.as_bytes());
+    for secret in [
+        NEW_PIN.to_owned(),
+        NEW_PUK.to_owned(),
+        "AB12CD".to_owned(),
+        NEW_KEY.to_owned(),
+        NEW_KEY.to_uppercase(),
+        FACTORY_KEY.to_owned(),
+        as_hex(NEW_PIN),
+        as_hex(NEW_PUK),
+        as_hex("123456"),
+    ] {
+        assert!(!log.contains(&secret), "{secret} in the log");
+    }
+}
