@@ -86,11 +86,11 @@ pub fn encode(request: &EncodeRequest<'_>, card: &mut dyn CardTransport) -> Enco
     encode_cancellable(request, card, &|| false)
 }
 
-/// [`encode`], asking `cancelled` between the steps after `read_journal` and before the
-/// first write. If it answers true while the journal shows this job has written nothing to
-/// the card, the report's outcome is `cancelled` (code `cancelled`); once the job has
-/// written, in this attempt or an earlier one, it runs to the end so that no card is left
-/// half initialized, and the report says how it ended.
+/// [`encode`] with one cancellation point: after `authenticate`, before the first write.
+/// If `cancelled` answers true there and this job has written nothing to the card, in this
+/// attempt or an earlier one, the outcome is `cancelled` (code `cancelled`). Once the job
+/// has written, it runs to the end so that no card is left half initialized, and the
+/// report says how it ended.
 pub fn encode_cancellable(
     request: &EncodeRequest<'_>,
     card: &mut dyn CardTransport,

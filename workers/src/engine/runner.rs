@@ -95,9 +95,6 @@ impl Prepared {
     }
 }
 
-/// A step function.
-type Step<'r, 'c> = fn(&mut Runner<'r, 'c>) -> Result<StepOutcome, EngineError>;
-
 /// One encoding attempt in progress.
 pub(crate) struct Runner<'r, 'c> {
     pub session: Session<'c>,
@@ -161,16 +158,9 @@ impl<'r, 'c> Runner<'r, 'c> {
         self.step("select", Self::select)?;
         self.step("identify", Self::identify)?;
         self.step("read_journal", Self::read_journal)?;
-        // From here on the journal tells whether this job has written to the card.
-        let reading: [(&str, Step<'r, 'c>); 3] = [
-            ("probe", Self::probe),
-            ("check_pin", Self::check_pin),
-            ("authenticate", Self::authenticate),
-        ];
-        for (name, body) in reading {
-            self.stop_if_cancelled()?;
-            self.step(name, body)?;
-        }
+        self.step("probe", Self::probe)?;
+        self.step("check_pin", Self::check_pin)?;
+        self.step("authenticate", Self::authenticate)?;
         self.stop_if_cancelled()?;
         self.step("set_retries", Self::set_retries)?;
         self.step("set_management_key", Self::set_management_key)?;
@@ -186,11 +176,12 @@ impl<'r, 'c> Runner<'r, 'c> {
         Ok(())
     }
 
-    /// Cancellation takes effect only while the journal shows that this job has written
-    /// nothing to the card (in this attempt or an earlier one): once it has, the job
+    /// The one cancellation point, before the first write. It takes effect only when this
+    /// job has written nothing to the card in any attempt: no journal of its own and not
+    /// its per-card management key (set just before a pull, unjournaled). Otherwise the job
     /// finishes so that the card is not left half initialized.
     fn stop_if_cancelled(&self) -> Result<(), EngineError> {
-        if self.journal.is_none() && (self.cancelled)() {
+        if self.journal.is_none() && !self.new_key_on_card && (self.cancelled)() {
             return Err(EngineError::refused(
                 FailureCode::Cancelled,
                 "cancelled before anything was written to the card",

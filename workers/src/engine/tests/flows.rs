@@ -250,16 +250,18 @@ fn a_cancelled_job_stops_before_writing_and_a_started_one_finishes() {
     let asked = std::cell::Cell::new(0);
     let report = crate::engine::encode_cancellable(&job.request(), &mut card, &|| {
         asked.set(asked.get() + 1);
-        asked.get() > 1
+        true
     });
+    assert_eq!(asked.get(), 1);
     assert_eq!(report.outcome, cardfleet_schemas::Outcome::Cancelled);
     assert_eq!(report.failure.as_ref().unwrap().code, "cancelled");
-    assert_eq!(report.steps.last().unwrap().step, "probe");
+    assert_eq!(report.steps.last().unwrap().step, "authenticate");
     assert!(!report.retryable);
     assert_eq!(state_of(&card), state_of(&factory_card()));
 
     // Interrupted after writing began, then redelivered while a cancel is pending: the
-    // job has written already, so it runs to the end.
+    // job has written already, so it runs to the end. Likewise when only the per-card key
+    // made it to the card before the pull.
     let mut card = crate::engine::FaultyTransport::new(
         factory_card(),
         crate::engine::FaultPlan {
@@ -273,6 +275,29 @@ fn a_cancelled_job_stops_before_writing_and_a_started_one_finishes() {
     assert_eq!(failure_code(&job.run(&mut card)), "card_removed");
     card.reinsert();
     let report = crate::engine::encode_cancellable(&job.request(), &mut card, &|| true);
+    assert_succeeded(&report);
+
+    let mut card = crate::engine::FaultyTransport::new(
+        factory_card(),
+        crate::engine::FaultPlan {
+            pull: Some(crate::engine::Pull {
+                at: crate::engine::PullAt::Ins { ins: 0xFF, nth: 0 },
+                processed: true,
+            }),
+            ..Default::default()
+        },
+    );
+    let mut no_retries = Job::new();
+    no_retries.profile.retries = None;
+    assert_eq!(failure_code(&no_retries.run(&mut card)), "card_removed");
+    assert!(
+        card.inner()
+            .state()
+            .object(crate::engine::JOURNAL_TAG)
+            .is_none()
+    );
+    card.reinsert();
+    let report = crate::engine::encode_cancellable(&no_retries.request(), &mut card, &|| true);
     assert_succeeded(&report);
 }
 
