@@ -33,7 +33,7 @@
 //!
 //! Every writing step first checks whether it is already done, either on the card
 //! itself (the per-card management key authenticates, the CHUID carries the job's
-//! GUID, the CCC is the job's) or in the [journal](journal): a private data object
+//! GUID, the CCC is the job's) or in the [`journal`]: a private data object
 //! (`5FFF10`) holding the job id and which steps began and finished, written after
 //! management key authentication and only when something changes, so a redelivery
 //! after success writes nothing at all. Before a PIN or PUK change the journal
@@ -47,7 +47,12 @@
 //! which. If it fails, the old value is set and the CHANGE REFERENCE DATA that
 //! follows verifies it, which restores the counter to its limit: the try is given
 //! back. The check is only made while at least two tries are left (else
-//! `pin_state_unknown`), so finding out can never block the card.
+//! `pin_state_unknown`), so finding out can never block the card; the PIN's
+//! tries come from the empty VERIFY, the PUK's from GET METADATA, and a card
+//! without GET METADATA is checked without knowing the PUK's tries.
+//!
+//! [`encode_cancellable`] has one cancellation point, after `authenticate`:
+//! there the engine knows whether this job has written anything to the card.
 //!
 //! If the card refuses the new PIN's or PUK's format (a numeric-only card and a
 //! PIN with letters: `pin_format_unsupported`), the engine puts the card back to
