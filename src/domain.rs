@@ -108,10 +108,14 @@ impl JobState {
         use JobState::*;
         match (self, to) {
             (AwaitingCard, Queued) | (Queued, Dispatched) | (Dispatched, Encoding) => true,
+            // A fast worker can report before the dispatcher has recorded the
+            // publish (it does so after the broker's confirm): the worker's
+            // report is the truth, and the late "dispatched" is then skipped.
+            (Queued, Encoding) => true,
             // A result may overtake its own "started" notice.
-            (Dispatched | Encoding, Succeeded | Failed | Cancelled) => true,
-            // Cancel before encoding is immediate.
-            (Queued | AwaitingCard, Cancelled) => true,
+            (Queued | Dispatched | Encoding, Succeeded | Failed | Cancelled) => true,
+            // Cancel before encoding is immediate (from dispatched too, above).
+            (AwaitingCard, Cancelled) => true,
             _ => false,
         }
     }
@@ -243,7 +247,7 @@ mod tests {
         );
         assert_eq!(
             JobState::sources_of(JobState::Succeeded),
-            vec!["dispatched", "encoding"]
+            vec!["queued", "dispatched", "encoding"]
         );
     }
 

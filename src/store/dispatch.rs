@@ -128,13 +128,28 @@ impl Claim {
     pub async fn finish(mut self, published: &[usize], actor: &str) -> Result<usize> {
         let mut outbox_ids = self.stale.clone();
         let mut job_ids = Vec::with_capacity(published.len());
-        let mut audit = AuditRows::default();
         for &i in published {
             let Some(job) = self.jobs.get(i) else {
                 continue;
             };
             outbox_ids.push(job.outbox_id);
             job_ids.push(job.job_id);
+        }
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(&outbox_ids)
+            .execute(&mut *self.tx)
+            .await?;
+        // A job a fast worker already reported on keeps its newer state.
+        let moved: Vec<Uuid> = sqlx::query_scalar(
+            "UPDATE jobs SET state = 'dispatched', updated_at = now()
+             WHERE id = ANY($1) AND state = 'queued' RETURNING id",
+        )
+        .bind(&job_ids)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        let moved: std::collections::HashSet<Uuid> = moved.into_iter().collect();
+        let mut audit = AuditRows::default();
+        for job in self.jobs.iter().filter(|j| moved.contains(&j.job_id)) {
             audit.push_job(
                 "job.dispatched",
                 JobTransition {
@@ -148,17 +163,6 @@ impl Claim {
                 Some(serde_json::json!({ "rack_id": job.rack_id })),
             );
         }
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(&outbox_ids)
-            .execute(&mut *self.tx)
-            .await?;
-        sqlx::query(
-            "UPDATE jobs SET state = 'dispatched', updated_at = now()
-             WHERE id = ANY($1) AND state = 'queued'",
-        )
-        .bind(&job_ids)
-        .execute(&mut *self.tx)
-        .await?;
         audit.insert(&mut self.tx, actor).await?;
         self.tx.commit().await?;
         Ok(job_ids.len())

@@ -1,7 +1,14 @@
-//! cardfleet encoding worker: card protocol types, the virtual PIV card and its vpcd bridge.
+//! cardfleet encoding worker: racks of slots (simulated or PC/SC), the PIV
+//! encoding engine, the runtime that consumes a rack's queue, and the
+//! virtual PIV card with its vpcd bridge.
 
 pub mod apdu;
+pub mod app;
 pub mod engine;
+pub mod metrics;
 pub mod piv;
+pub mod rack;
+pub mod runtime;
+pub mod settings;
 pub mod tlv;
 pub mod vpcd;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use cardfleet_worker::piv::MgmtKeyAlgorithm;
+use cardfleet_worker::settings::{ReaderKind, WorkerSettings};
 use cardfleet_worker::vpcd::{VirtualCardConfig, run_virtual_card};
 use clap::{Args, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
@@ -20,8 +21,56 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the worker: consume the rack's queue and encode cards in its slots.
+    Run(RunArgs),
     /// Attach a virtual PIV card to vsmartcard's vpcd reader driver (runs until killed).
     VirtualCard(VirtualCardArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Configuration file (default: ./cardfleet-worker.toml if present).
+    #[arg(long, env = "CARDFLEET_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The rack this worker owns (worker.rack_id).
+    #[arg(long)]
+    rack_id: Option<String>,
+    /// Reader backend (reader.type).
+    #[arg(long, value_enum)]
+    reader: Option<ReaderKind>,
+    /// Simulated slots (reader.slots).
+    #[arg(long)]
+    slots: Option<u16>,
+    /// Production CSV whose cards are loaded into simulated slots as they free up
+    /// (reader.load_from).
+    #[arg(long, value_name = "CSV")]
+    load_from: Option<PathBuf>,
+}
+
+impl RunArgs {
+    fn overrides(&self) -> Vec<(&'static str, String)> {
+        let mut o = Vec::new();
+        if let Some(r) = &self.rack_id {
+            o.push(("worker.rack_id", r.clone()));
+        }
+        if let Some(r) = self.reader {
+            o.push((
+                "reader.type",
+                match r {
+                    ReaderKind::Simulated => "simulated",
+                    ReaderKind::Pcsc => "pcsc",
+                }
+                .into(),
+            ));
+        }
+        if let Some(n) = self.slots {
+            o.push(("reader.slots", n.to_string()));
+        }
+        if let Some(p) = &self.load_from {
+            o.push(("reader.load_from", p.display().to_string()));
+        }
+        o
+    }
 }
 
 #[derive(Debug, Args)]
@@ -75,19 +124,57 @@ fn parse_serial(text: &str) -> Result<u32, String> {
     parsed.map_err(|err| format!("{text:?} is not a 32-bit serial: {err}"))
 }
 
+fn init_tracing(filter: &str, json: bool) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     match cli.command {
+        Command::Run(args) => {
+            let settings = WorkerSettings::load(args.config.as_deref(), &args.overrides())?;
+            init_tracing(&settings.log.filter, settings.log.format == "json");
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            runtime.block_on(async move {
+                let shutdown = tokio_util::sync::CancellationToken::new();
+                let token = shutdown.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!("shutdown requested; finishing in-flight cards");
+                    token.cancel();
+                });
+                cardfleet_worker::app::run(settings, shutdown).await
+            })
+        }
         Command::VirtualCard(args) => {
+            init_tracing("info", false);
             let config = args.into_config();
             run_virtual_card(&config, &AtomicBool::new(false))
                 .with_context(|| format!("virtual card on vpcd {}", config.vpcd_addr))
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
@@ -120,7 +207,9 @@ mod tests {
             "aes128,aes256",
         ])
         .unwrap();
-        let Command::VirtualCard(args) = cli.command;
+        let Command::VirtualCard(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         let config = args.into_config();
         assert_eq!(config.vpcd_addr, "127.0.0.1:35964");
         assert_eq!(config.chip_serial, Some(0x00C0_FFEE));
@@ -135,7 +224,9 @@ mod tests {
     #[test]
     fn defaults_describe_a_full_featured_card_on_the_first_vpcd_slot() {
         let cli = Cli::try_parse_from(["cardfleet-worker", "virtual-card"]).unwrap();
-        let Command::VirtualCard(args) = cli.command;
+        let Command::VirtualCard(args) = cli.command else {
+            panic!("parsed as another command");
+        };
         let config = args.into_config();
         assert_eq!(config.vpcd_addr, "127.0.0.1:35963");
         assert_eq!((config.chip_serial, config.extensions), (None, true));

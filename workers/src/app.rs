@@ -1,0 +1,128 @@
+//! Builds a worker from settings: the rack backend, the metrics endpoint and
+//! the runtime, and runs them until shutdown.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::routing::get;
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::WorkerMetrics;
+use crate::rack::Rack;
+use crate::rack::simulated::{self, CardFeed, Latency, OutputTray, SimCard, SimConfig, SimFaults};
+use crate::runtime::{self, RuntimeConfig};
+use crate::settings::{ReaderKind, WorkerSettings};
+
+/// The runtime's configuration from settings.
+pub fn runtime_config(settings: &WorkerSettings) -> RuntimeConfig {
+    RuntimeConfig {
+        rack_id: settings.worker.rack_id.clone(),
+        worker_id: settings.worker_id(),
+        amqp_url: settings.amqp.url.clone(),
+        delivery_limit: 5,
+        max_attempts: settings.worker.max_attempts,
+        retry_backoff: Duration::from_millis(settings.worker.retry_backoff_ms),
+        quarantine_after: settings.worker.quarantine_after,
+        card_wait: Duration::from_secs(settings.worker.card_wait_seconds),
+        shutdown_grace: Duration::from_secs(settings.worker.shutdown_grace_seconds),
+        heartbeat_interval: Duration::from_secs(settings.worker.heartbeat_interval_seconds.max(1)),
+        reconnect_max: Duration::from_secs(settings.amqp.reconnect_max_seconds.max(1)),
+    }
+}
+
+/// Reads a production CSV (`card_number,chip_serial,card_type,profile`) into
+/// simulated cards; chip serials must be decimal 32-bit numbers, as virtual
+/// cards report them. Faults are drawn per card at the configured rates.
+pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<Vec<SimCard>> {
+    let mut reader =
+        csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut rng = rand::thread_rng();
+    let mut cards = Vec::new();
+    for (i, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("{}: row {}", path.display(), i + 1))?;
+        let serial: u32 = record
+            .get(1)
+            .and_then(|s| s.trim().parse().ok())
+            .with_context(|| {
+                format!(
+                    "{}: row {}: chip_serial must be a decimal 32-bit number",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+        let mut card = SimCard::new(serial);
+        card.faults = draw_faults(&mut rng, settings);
+        cards.push(card);
+    }
+    Ok(cards)
+}
+
+fn draw_faults(rng: &mut impl Rng, settings: &WorkerSettings) -> SimFaults {
+    let mut faults = SimFaults::default();
+    if rng.gen_bool(settings.simulated.removal_rate) {
+        faults.pull_after_apdus = Some(rng.gen_range(3..30));
+    }
+    if rng.gen_bool(settings.simulated.mute_rate) {
+        faults.mute = true;
+    }
+    faults
+}
+
+/// A simulated rack per the settings, fed from `feed`.
+pub fn simulated_rack(settings: &WorkerSettings, feed: CardFeed, tray: OutputTray) -> Rack {
+    let config = SimConfig {
+        slots: settings.reader.slots,
+        latency: Latency {
+            per_command: Duration::from_millis(settings.simulated.latency_ms),
+            key_generation: Duration::from_millis(settings.simulated.keygen_latency_ms),
+        },
+        reinsert: Duration::from_millis(settings.simulated.reinsert_ms),
+        state_dir: settings.simulated.state_dir.clone(),
+    };
+    simulated::start(config, feed, tray)
+}
+
+/// Serves `/metrics` until shutdown.
+pub async fn serve_metrics(
+    listener: tokio::net::TcpListener,
+    metrics: WorkerMetrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let router = Router::new().route(
+        "/metrics",
+        get(move || {
+            let m = metrics.clone();
+            async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+        }),
+    );
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("metrics server failed")
+}
+
+/// Runs a worker per `settings` until `shutdown`.
+pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let metrics = WorkerMetrics::new();
+    let rack = match settings.reader.kind {
+        ReaderKind::Simulated => {
+            let feed = match &settings.reader.load_from {
+                Some(path) => CardFeed::new(cards_from_csv(path, &settings)?),
+                None => CardFeed::default(),
+            };
+            simulated_rack(&settings, feed, OutputTray::default())
+        }
+        ReaderKind::Pcsc => crate::rack::pcsc_rack(&settings.reader.name_patterns)?,
+    };
+    if let Some(addr) = settings.metrics.listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
+        tokio::spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
+    }
+    runtime::run(runtime_config(&settings), rack, metrics, shutdown).await;
+    Ok(())
+}

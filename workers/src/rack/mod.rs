@@ -1,0 +1,96 @@
+//! A rack: slots behind one worker. Each slot is served by its own OS thread
+//! (card calls block); the async runtime talks to it through channels, and
+//! insertions and removals arrive as [`RackEvent`]s.
+
+#[cfg(feature = "pcsc")]
+pub mod pcsc;
+pub mod simulated;
+
+use std::sync::mpsc as std_mpsc;
+
+use cardfleet_schemas::{CardProfile, CardSecrets};
+use tokio::sync::{mpsc, oneshot};
+use uuid::Uuid;
+
+use crate::engine::EncodeReport;
+
+/// What a slot reports about its card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RackEvent {
+    Inserted { slot: u16, chip_serial: String },
+    Removed { slot: u16 },
+    Faulted { slot: u16, reason: String },
+}
+
+/// One job for one slot's thread.
+#[derive(Debug)]
+pub struct SlotJob {
+    pub job_id: Uuid,
+    pub chip_serial: String,
+    pub profile: CardProfile,
+    pub secrets: CardSecrets,
+}
+
+#[derive(Debug)]
+pub enum SlotCommand {
+    /// Encode the card in the slot and reply with the engine's report.
+    Encode {
+        job: Box<SlotJob>,
+        reply: oneshot::Sender<EncodeReport>,
+    },
+    /// The job for this slot's card is over; the card may leave the slot
+    /// (a simulated operator takes it out and loads the next one).
+    Done { chip_serial: String },
+}
+
+/// Handles to a running rack.
+#[derive(Debug)]
+pub struct Rack {
+    pub slots: Vec<std_mpsc::Sender<SlotCommand>>,
+    pub events: mpsc::UnboundedReceiver<RackEvent>,
+}
+
+/// Counts status words by class, for metrics.
+pub fn status_class(sw1: u8, sw2: u8) -> &'static str {
+    match (sw1, sw2) {
+        (0x90, 0x00) => "success",
+        (0x61, _) => "more_data",
+        (0x63, _) => "verify_failed",
+        (0x69, 0x83) => "blocked",
+        (0x69, _) => "refused",
+        (0x6A, _) | (0x6B, _) | (0x67, _) => "wrong_parameters",
+        (0x6D, _) | (0x6E, _) => "not_supported",
+        _ => "other",
+    }
+}
+
+/// The report for a job whose card is not in the slot (any more).
+pub fn card_absent() -> EncodeReport {
+    EncodeReport {
+        outcome: cardfleet_schemas::Outcome::Failed,
+        failure: Some(cardfleet_schemas::Failure {
+            code: "card_absent".into(),
+            message: "the card is not in its slot".into(),
+            card_unusable: false,
+        }),
+        retryable: true,
+        steps: Vec::new(),
+    }
+}
+
+/// A rack of the PC/SC readers whose names contain one of `name_patterns` (all readers
+/// when empty); see [`pcsc`]. Fails when pcscd cannot be reached.
+#[cfg(feature = "pcsc")]
+pub fn pcsc_rack(name_patterns: &[String]) -> anyhow::Result<Rack> {
+    pcsc::start(name_patterns)
+}
+
+/// Without the `pcsc` feature there is no PC/SC backend.
+#[cfg(not(feature = "pcsc"))]
+pub fn pcsc_rack(name_patterns: &[String]) -> anyhow::Result<Rack> {
+    let _ = name_patterns;
+    anyhow::bail!(
+        "reader.type = \"pcsc\" needs a worker built with the `pcsc` cargo feature \
+         (on by default; this build has it off): rebuild with `--features pcsc`"
+    )
+}

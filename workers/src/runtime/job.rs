@@ -1,0 +1,440 @@
+//! One job delivery, from decoding to ack: find the card's slot, encode
+//! with retries, publish the result with a confirm, then ack.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use cardfleet_schemas::amqp as broker;
+use cardfleet_schemas::{
+    self as wire, CardSecrets, EncodeResult, Failure, InitializeJob, JobStarted, Meta, Outcome,
+    ResultMessage, SecretScheme, SlotEventKind,
+};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{Shared, SlotVerdict};
+use crate::engine::EncodeReport;
+use crate::rack::{SlotCommand, SlotJob};
+
+pub(super) async fn handle(
+    shared: Arc<Shared>,
+    publisher: lapin::Channel,
+    delivery: Delivery,
+    shutdown: CancellationToken,
+) {
+    let rack = shared.config.rack_id.clone();
+    if let Err(e) = process(&shared, &publisher, &delivery, &shutdown).await {
+        // Not acked: the broker delivers the job again (to us or after a restart).
+        tracing::warn!(error = %e, "job left unacknowledged");
+    }
+    shared.metrics.in_flight.with_label_values(&[&rack]).dec();
+}
+
+enum Verdict {
+    Ack,
+    Requeue,
+}
+
+async fn process(
+    shared: &Arc<Shared>,
+    publisher: &lapin::Channel,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let verdict = run_job(shared, publisher, delivery, shutdown).await?;
+    match verdict {
+        Verdict::Ack => {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+        Verdict::Requeue => {
+            delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+fn decode(data: &[u8]) -> Result<InitializeJob, String> {
+    let job: InitializeJob = serde_json::from_slice(data).map_err(|e| {
+        format!(
+            "undecodable job: {:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        )
+    })?;
+    if job.meta.schema_version != wire::SCHEMA_VERSION {
+        return Err(format!(
+            "unsupported schema_version {}",
+            job.meta.schema_version
+        ));
+    }
+    Ok(job)
+}
+
+fn open_secrets(job: &InitializeJob) -> Result<CardSecrets, String> {
+    match job.secrets.scheme {
+        SecretScheme::Plain => {
+            let plain = base64::engine::general_purpose::STANDARD
+                .decode(&job.secrets.payload)
+                .map_err(|_| "job secrets are not base64".to_owned())?;
+            serde_json::from_slice(&plain).map_err(|_| "job secrets do not decode".to_owned())
+        }
+    }
+}
+
+async fn run_job(
+    shared: &Arc<Shared>,
+    publisher: &lapin::Channel,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Verdict> {
+    let config = &shared.config;
+    let job = match decode(&delivery.data) {
+        Ok(job) => job,
+        Err(reason) => {
+            dead_letter(publisher, delivery, &config.rack_id, &reason).await?;
+            return Ok(Verdict::Ack);
+        }
+    };
+    let span = tracing::info_span!("job", job.id = %job.job_id, batch.id = %job.batch_id, rack.id = %config.rack_id);
+    run_decoded(shared, publisher, delivery, shutdown, job)
+        .instrument(span)
+        .await
+}
+
+async fn run_decoded(
+    shared: &Arc<Shared>,
+    publisher: &lapin::Channel,
+    delivery: &Delivery,
+    shutdown: &CancellationToken,
+    job: InitializeJob,
+) -> anyhow::Result<Verdict> {
+    let config = &shared.config;
+    if job.rack_id != config.rack_id {
+        dead_letter(
+            publisher,
+            delivery,
+            &config.rack_id,
+            "job is for another rack",
+        )
+        .await?;
+        return Ok(Verdict::Ack);
+    }
+    let first_time = shared
+        .taken
+        .lock()
+        .map(|mut t| t.insert(job.job_id))
+        .unwrap_or(true);
+    if !first_time && !delivery.redelivered {
+        // The same job twice on the wire while we hold it: the first copy answers.
+        tracing::debug!("duplicate job delivery acknowledged");
+        return Ok(Verdict::Ack);
+    }
+    let started_at = chrono::Utc::now();
+    let clock = Instant::now();
+    let secrets = match open_secrets(&job) {
+        Ok(s) => s,
+        Err(reason) => {
+            let report = failure("secrets_unreadable", &reason, false);
+            publish_result(shared, publisher, &job, None, report, 0, started_at).await?;
+            return Ok(Verdict::Ack);
+        }
+    };
+    if is_cancelled(shared, &job) {
+        publish_result(shared, publisher, &job, None, cancelled(), 0, started_at).await?;
+        return Ok(Verdict::Ack);
+    }
+    let Some(slot) = wait_for_card(shared, &job, shutdown).await else {
+        if is_cancelled(shared, &job) {
+            publish_result(shared, publisher, &job, None, cancelled(), 0, started_at).await?;
+            return Ok(Verdict::Ack);
+        }
+        tracing::info!(chip = %job.chip_serial, "card not in any slot; handing the job back");
+        return Ok(Verdict::Requeue);
+    };
+    if shared.with_directory(|d| d.is_quarantined(slot)) == Some(true) {
+        let report = failure(
+            "slot_quarantined",
+            "the card sits in a quarantined slot; move it to another slot",
+            false,
+        );
+        publish_result(shared, publisher, &job, Some(slot), report, 0, started_at).await?;
+        return Ok(Verdict::Ack);
+    }
+    publish(
+        publisher,
+        &ResultMessage::JobStarted(JobStarted {
+            meta: Meta::now(),
+            job_id: job.job_id,
+            rack_id: config.rack_id.clone(),
+            slot,
+            worker_id: config.worker_id.clone(),
+        }),
+    )
+    .await?;
+    shared.with_directory(|d| d.encoding(slot));
+
+    let mut attempts = 0;
+    let mut slot = slot;
+    let report = loop {
+        attempts += 1;
+        let report = encode_in_slot(shared, slot, &job, &secrets).await;
+        for step in &report.steps {
+            shared
+                .metrics
+                .step_seconds
+                .with_label_values(&[&config.rack_id, &step.step])
+                .observe(step.duration_ms / 1000.0);
+        }
+        let done = report.outcome == Outcome::Succeeded
+            || !report.retryable
+            || attempts >= config.max_attempts;
+        if done {
+            break report;
+        }
+        // A safe point: between attempts.
+        let backoff = config.retry_backoff.saturating_mul(1 << attempts.min(6));
+        tracing::info!(
+            attempt = attempts,
+            code = report.failure.as_ref().map(|f| f.code.as_str()),
+            "retrying the card"
+        );
+        tokio::time::sleep(backoff).await;
+        if is_cancelled(shared, &job) {
+            break cancelled();
+        }
+        match wait_for_card(shared, &job, shutdown).await {
+            Some(s) => slot = s,
+            None => break report,
+        }
+    };
+    shared
+        .metrics
+        .encode_seconds
+        .with_label_values(&[&config.rack_id])
+        .observe(clock.elapsed().as_secs_f64());
+    let failed = report.outcome == Outcome::Failed;
+    let code = report.failure.as_ref().map(|f| f.code.clone());
+    publish_result(
+        shared,
+        publisher,
+        &job,
+        Some(slot),
+        report,
+        attempts,
+        started_at,
+    )
+    .await?;
+    let verdict = shared.with_directory(|d| d.finished(slot, failed));
+    if verdict == Some(SlotVerdict::Quarantined) {
+        tracing::warn!(slot, "slot quarantined after failing cards in a row");
+        let reason = format!(
+            "{} failed cards in a row, last: {}",
+            config.quarantine_after,
+            code.as_deref().unwrap_or("unknown")
+        );
+        shared.slot_event(
+            slot,
+            SlotEventKind::Quarantined,
+            Some(job.chip_serial.clone()),
+            Some(reason),
+        );
+    }
+    shared.update_slot_gauges();
+    // The card's job is over: it may leave the slot.
+    if let Some(tx) = shared.slots.get(usize::from(slot)) {
+        let _ = tx.send(SlotCommand::Done {
+            chip_serial: job.chip_serial.clone(),
+        });
+    }
+    Ok(Verdict::Ack)
+}
+
+fn is_cancelled(shared: &Shared, job: &InitializeJob) -> bool {
+    shared
+        .cancelled
+        .lock()
+        .map(|c| c.contains(&job.job_id))
+        .unwrap_or(false)
+}
+
+/// Waits until the job's chip is in a slot, the wait runs out, the job is
+/// cancelled or the worker shuts down.
+async fn wait_for_card(
+    shared: &Shared,
+    job: &InitializeJob,
+    shutdown: &CancellationToken,
+) -> Option<u16> {
+    let deadline = tokio::time::Instant::now() + shared.config.card_wait;
+    loop {
+        let notified = shared.changed.notified();
+        if let Some(slot) = shared
+            .with_directory(|d| d.find(&job.chip_serial))
+            .flatten()
+        {
+            return Some(slot);
+        }
+        if is_cancelled(shared, job) || shutdown.is_cancelled() {
+            return None;
+        }
+        tokio::select! {
+            _ = notified => {}
+            _ = tokio::time::sleep_until(deadline) => return None,
+            _ = shutdown.cancelled() => return None,
+            // Re-check now and then in case a notification raced the check.
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn encode_in_slot(
+    shared: &Shared,
+    slot: u16,
+    job: &InitializeJob,
+    secrets: &CardSecrets,
+) -> EncodeReport {
+    let Some(tx) = shared.slots.get(usize::from(slot)) else {
+        return crate::rack::card_absent();
+    };
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let command = SlotCommand::Encode {
+        job: Box::new(SlotJob {
+            job_id: job.job_id,
+            chip_serial: job.chip_serial.clone(),
+            profile: job.profile.clone(),
+            secrets: secrets.clone(),
+        }),
+        reply,
+    };
+    if tx.send(command).is_err() {
+        return failure(
+            "slot_unavailable",
+            "the slot's reader thread has stopped",
+            false,
+        );
+    }
+    answer.await.unwrap_or_else(|_| {
+        failure(
+            "slot_unavailable",
+            "the slot's reader thread has stopped",
+            false,
+        )
+    })
+}
+
+fn failure(code: &str, message: &str, retryable: bool) -> EncodeReport {
+    EncodeReport {
+        outcome: Outcome::Failed,
+        failure: Some(Failure {
+            code: code.into(),
+            message: message.into(),
+            card_unusable: false,
+        }),
+        retryable,
+        steps: Vec::new(),
+    }
+}
+
+fn cancelled() -> EncodeReport {
+    EncodeReport {
+        outcome: Outcome::Cancelled,
+        failure: None,
+        retryable: false,
+        steps: Vec::new(),
+    }
+}
+
+async fn publish_result(
+    shared: &Shared,
+    publisher: &lapin::Channel,
+    job: &InitializeJob,
+    slot: Option<u16>,
+    report: EncodeReport,
+    attempts: u32,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> anyhow::Result<()> {
+    let rack = &shared.config.rack_id;
+    let outcome_label = match report.outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed => "failed",
+        Outcome::Cancelled => "cancelled",
+    };
+    shared
+        .metrics
+        .cards
+        .with_label_values(&[rack, outcome_label])
+        .inc();
+    if let Some(f) = &report.failure {
+        shared
+            .metrics
+            .failures
+            .with_label_values(&[rack, &f.code])
+            .inc();
+        tracing::warn!(code = %f.code, message = %f.message, "card failed");
+    }
+    let message = ResultMessage::EncodeResult(EncodeResult {
+        meta: Meta::now(),
+        job_id: job.job_id,
+        batch_id: job.batch_id,
+        card_id: job.card_id,
+        rack_id: rack.clone(),
+        slot,
+        worker_id: shared.config.worker_id.clone(),
+        outcome: report.outcome,
+        failure: report.failure,
+        steps: report.steps,
+        attempts,
+        started_at,
+        finished_at: chrono::Utc::now(),
+    });
+    publish(publisher, &message).await
+}
+
+async fn publish(publisher: &lapin::Channel, message: &ResultMessage) -> anyhow::Result<()> {
+    let payload = serde_json::to_vec(message)?;
+    let kind = match message {
+        ResultMessage::JobStarted(_) => "job_started",
+        ResultMessage::EncodeResult(_) => "encode_result",
+    };
+    let props = broker::properties(&message.meta().message_id.to_string(), kind);
+    if !broker::publish_confirmed(
+        publisher,
+        wire::RESULTS_EXCHANGE,
+        wire::RESULTS_QUEUE,
+        &payload,
+        props,
+    )
+    .await?
+    {
+        anyhow::bail!("broker did not confirm a result");
+    }
+    Ok(())
+}
+
+async fn dead_letter(
+    publisher: &lapin::Channel,
+    delivery: &Delivery,
+    rack: &str,
+    reason: &str,
+) -> anyhow::Result<()> {
+    tracing::warn!(%reason, "dead-lettering a job message");
+    let message_id = delivery
+        .properties
+        .message_id()
+        .as_ref()
+        .map(|s| s.as_str());
+    let props = broker::dead_letter_properties(message_id, &wire::rack_queue(rack), reason);
+    if !broker::publish_confirmed(publisher, wire::DEAD_EXCHANGE, "", &delivery.data, props).await?
+    {
+        anyhow::bail!("broker did not confirm a dead letter");
+    }
+    Ok(())
+}

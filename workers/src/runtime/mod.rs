@@ -1,0 +1,390 @@
+//! The worker runtime: consumes its rack's queue with manual acks and a
+//! prefetch sized to its slots, routes each job to the slot holding its
+//! chip, publishes results with confirms before acking, reports slot events
+//! and heartbeats, honours cancellations and slot releases, reconnects to
+//! RabbitMQ on its own and drains in-flight cards on shutdown.
+
+mod directory;
+mod job;
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cardfleet_schemas::amqp as broker;
+use cardfleet_schemas::{
+    self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, SlotState,
+    WorkerHeartbeat,
+};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::FieldTable;
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+pub use directory::{Directory, SlotVerdict};
+
+use crate::metrics::WorkerMetrics;
+use crate::rack::{Rack, RackEvent, SlotCommand};
+
+/// Timing and limits of the runtime.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub rack_id: String,
+    pub worker_id: String,
+    pub amqp_url: String,
+    pub delivery_limit: u32,
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+    pub quarantine_after: u32,
+    pub card_wait: Duration,
+    pub shutdown_grace: Duration,
+    pub heartbeat_interval: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// Most job ids remembered (cancelled, or seen by this worker).
+const REMEMBERED_JOBS: usize = 100_000;
+
+/// A bounded set of job ids, oldest forgotten first.
+#[derive(Debug, Default)]
+struct JobSet {
+    ids: HashSet<Uuid>,
+    order: VecDeque<Uuid>,
+}
+
+impl JobSet {
+    fn insert(&mut self, id: Uuid) -> bool {
+        if !self.ids.insert(id) {
+            return false;
+        }
+        self.order.push_back(id);
+        if self.order.len() > REMEMBERED_JOBS
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        true
+    }
+    fn contains(&self, id: &Uuid) -> bool {
+        self.ids.contains(id)
+    }
+}
+
+/// State shared by the runtime's tasks.
+#[derive(Debug)]
+struct Shared {
+    config: RuntimeConfig,
+    slots: Vec<std::sync::mpsc::Sender<SlotCommand>>,
+    directory: Mutex<Directory>,
+    changed: Notify,
+    cancelled: Mutex<JobSet>,
+    /// Jobs this process has taken; a duplicate delivery of one is acked at once.
+    taken: Mutex<JobSet>,
+    outgoing: mpsc::UnboundedSender<EventMessage>,
+    metrics: WorkerMetrics,
+}
+
+impl Shared {
+    fn with_directory<T>(&self, f: impl FnOnce(&mut Directory) -> T) -> Option<T> {
+        self.directory.lock().ok().map(|mut d| f(&mut d))
+    }
+
+    fn slot_event(
+        &self,
+        slot: u16,
+        kind: SlotEventKind,
+        chip_serial: Option<String>,
+        reason: Option<String>,
+    ) {
+        let _ = self.outgoing.send(EventMessage::SlotEvent(SlotEvent {
+            meta: Meta::now(),
+            rack_id: self.config.rack_id.clone(),
+            worker_id: self.config.worker_id.clone(),
+            slot,
+            kind,
+            chip_serial,
+            reason,
+        }));
+    }
+
+    fn heartbeat(&self, in_flight: u32) -> Option<EventMessage> {
+        let slots = self.with_directory(|d| d.statuses())?;
+        Some(EventMessage::WorkerHeartbeat(WorkerHeartbeat {
+            meta: Meta::now(),
+            rack_id: self.config.rack_id.clone(),
+            worker_id: self.config.worker_id.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            interval_seconds: u32::try_from(self.config.heartbeat_interval.as_secs())
+                .unwrap_or(u32::MAX),
+            in_flight,
+            slots,
+        }))
+    }
+
+    fn update_slot_gauges(&self) {
+        let rack = &self.config.rack_id;
+        let Some(counts) = self.with_directory(|d| {
+            [
+                SlotState::Empty,
+                SlotState::Present,
+                SlotState::Encoding,
+                SlotState::Faulted,
+                SlotState::Quarantined,
+            ]
+            .map(|s| (s, d.count(s)))
+        }) else {
+            return;
+        };
+        for (state, n) in counts {
+            let label = serde_json::to_value(state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            self.metrics
+                .slots
+                .with_label_values(&[rack, &label])
+                .set(n as i64);
+        }
+    }
+}
+
+/// Runs the worker until `shutdown`; returns after in-flight cards drained.
+pub async fn run(
+    config: RuntimeConfig,
+    rack: Rack,
+    metrics: WorkerMetrics,
+    shutdown: CancellationToken,
+) {
+    let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        directory: Mutex::new(Directory::new(
+            u16::try_from(rack.slots.len()).unwrap_or(u16::MAX),
+            config.quarantine_after,
+        )),
+        config,
+        slots: rack.slots,
+        changed: Notify::new(),
+        cancelled: Mutex::new(JobSet::default()),
+        taken: Mutex::new(JobSet::default()),
+        outgoing,
+        metrics,
+    });
+    tokio::spawn(follow_rack(shared.clone(), rack.events));
+    let mut attempt = 0u32;
+    while !shutdown.is_cancelled() {
+        match session(&shared, &mut outgoing_rx, &shutdown, &mut attempt).await {
+            Ok(()) => break,
+            Err(e) => {
+                shared
+                    .metrics
+                    .reconnects
+                    .with_label_values(&[&shared.config.rack_id])
+                    .inc();
+                tracing::warn!(error = %e, attempt, "worker lost its broker connection; reconnecting");
+                let delay = broker::backoff(attempt, shared.config.reconnect_max);
+                attempt += 1;
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+    tracing::info!("worker stopped");
+}
+
+/// Applies the rack's insertions and removals to the directory and reports them.
+async fn follow_rack(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<RackEvent>) {
+    while let Some(event) = events.recv().await {
+        match event {
+            RackEvent::Inserted { slot, chip_serial } => {
+                shared.with_directory(|d| d.inserted(slot, &chip_serial));
+                shared.slot_event(slot, SlotEventKind::Inserted, Some(chip_serial), None);
+            }
+            RackEvent::Removed { slot } => {
+                shared.with_directory(|d| d.removed(slot));
+                shared.slot_event(slot, SlotEventKind::Removed, None, None);
+            }
+            RackEvent::Faulted { slot, reason } => {
+                shared.with_directory(|d| d.faulted(slot));
+                shared.slot_event(slot, SlotEventKind::Faulted, None, Some(reason));
+            }
+        }
+        shared.update_slot_gauges();
+        shared.changed.notify_waiters();
+    }
+}
+
+async fn session(
+    shared: &Arc<Shared>,
+    outgoing: &mut mpsc::UnboundedReceiver<EventMessage>,
+    shutdown: &CancellationToken,
+    attempt: &mut u32,
+) -> anyhow::Result<()> {
+    let config = &shared.config;
+    let conn = broker::connect(
+        &config.amqp_url,
+        &format!("cardfleet-worker-{}", config.worker_id),
+    )
+    .await?;
+    let publisher = broker::confirm_channel(&conn).await?;
+    broker::declare_topology(&publisher).await?;
+    broker::declare_rack_queue(&publisher, &config.rack_id, config.delivery_limit).await?;
+
+    // Cancellations and releases: an exclusive queue of our own on the fanout.
+    let control = conn.create_channel().await?;
+    let queue = control
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    control
+        .queue_bind(
+            queue.name().clone(),
+            wire::CONTROL_EXCHANGE.into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut control_consumer = control
+        .basic_consume(
+            queue.name().clone(),
+            "control".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+
+    let jobs_channel = conn.create_channel().await?;
+    let prefetch = u16::try_from(shared.slots.len().max(1)).unwrap_or(u16::MAX);
+    jobs_channel
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let consumer_tag = format!("worker-{}", config.worker_id);
+    let mut jobs = jobs_channel
+        .basic_consume(
+            wire::rack_queue(&config.rack_id).as_str().into(),
+            consumer_tag.as_str().into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    *attempt = 0;
+    tracing::info!(rack.id = %config.rack_id, slots = shared.slots.len(), "worker connected");
+
+    // Resynchronise the control plane with a heartbeat straight away.
+    if let Some(hb) = shared.heartbeat(0) {
+        publish_event(&publisher, &hb).await?;
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stop = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            delivery = jobs.next() => {
+                let Some(delivery) = delivery else { break Err(anyhow::anyhow!("job consumer closed")) };
+                let delivery = match delivery { Ok(d) => d, Err(e) => break Err(e.into()) };
+                shared.metrics.in_flight.with_label_values(&[&config.rack_id]).inc();
+                tasks.spawn(job::handle(shared.clone(), publisher.clone(), delivery, shutdown.clone()));
+            }
+            message = control_consumer.next() => {
+                match message {
+                    Some(Ok(d)) => on_control(shared, &d.data),
+                    Some(Err(e)) => break Err(e.into()),
+                    None => break Err(anyhow::anyhow!("control consumer closed")),
+                }
+            }
+            Some(event) = outgoing.recv() => {
+                if let Err(e) = publish_event(&publisher, &event).await {
+                    // Lost events are repaired by the next heartbeat's slot list.
+                    break Err(e);
+                }
+            }
+            _ = heartbeat.tick() => {
+                if let Some(hb) = shared.heartbeat(u32::try_from(tasks.len()).unwrap_or(u32::MAX)) {
+                    publish_event(&publisher, &hb).await?;
+                    let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
+                    shared.metrics.heartbeat.with_label_values(&[&config.rack_id]).set(now);
+                }
+            }
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+        }
+    };
+
+    // Stop taking jobs; let the cards being encoded finish within the bound.
+    let _ = jobs_channel
+        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
+        .await;
+    if !tasks.is_empty() {
+        tracing::info!(in_flight = tasks.len(), "waiting for in-flight cards");
+        let drained = tokio::time::timeout(config.shutdown_grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                left = tasks.len(),
+                "in-flight cards did not finish in time; their jobs stay unacked"
+            );
+            tasks.abort_all();
+        }
+    }
+    while let Ok(event) = outgoing.try_recv() {
+        if publish_event(&publisher, &event).await.is_err() {
+            break;
+        }
+    }
+    let _ = conn.close(200, "shutdown".into()).await;
+    stop
+}
+
+async fn publish_event(channel: &lapin::Channel, event: &EventMessage) -> anyhow::Result<()> {
+    let (key, kind) = match event {
+        EventMessage::SlotEvent(e) => (format!("slot.{}", e.kind.as_str()), "slot_event"),
+        EventMessage::WorkerHeartbeat(_) => ("heartbeat".to_owned(), "heartbeat"),
+    };
+    let payload = serde_json::to_vec(event)?;
+    let props = broker::properties(&event.meta().message_id.to_string(), kind);
+    if !broker::publish_confirmed(channel, wire::EVENTS_EXCHANGE, &key, &payload, props).await? {
+        anyhow::bail!("broker did not confirm an event");
+    }
+    Ok(())
+}
+
+fn on_control(shared: &Arc<Shared>, data: &[u8]) {
+    match serde_json::from_slice::<ControlMessage>(data) {
+        Ok(ControlMessage::Cancellation(c)) => {
+            if let Ok(mut set) = shared.cancelled.lock() {
+                for id in c.job_ids {
+                    set.insert(id);
+                }
+            }
+            shared.changed.notify_waiters();
+        }
+        Ok(ControlMessage::ReleaseSlot(r)) if r.rack_id == shared.config.rack_id => {
+            if shared.with_directory(|d| d.release(r.slot)) == Some(true) {
+                tracing::info!(slot = r.slot, "slot released from quarantine");
+                let chip = shared.with_directory(|d| d.chip_in(r.slot)).flatten();
+                shared.slot_event(r.slot, SlotEventKind::Released, chip, None);
+                shared.update_slot_gauges();
+            }
+        }
+        Ok(ControlMessage::ReleaseSlot(_)) => {}
+        Err(e) => tracing::warn!(error = %e, "ignoring an undecodable control message"),
+    }
+}

@@ -1,0 +1,229 @@
+//! Worker configuration, layered like the control plane's: defaults, then
+//! `cardfleet-worker.toml` (or `--config`), then `CARDFLEET__SECTION__KEY`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub worker: WorkerSection,
+    pub reader: ReaderSection,
+    pub simulated: SimulatedSection,
+    pub amqp: AmqpSection,
+    pub metrics: MetricsSection,
+    pub log: LogSection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSection {
+    /// The rack this worker owns; its queue is `cardfleet.rack.<rack_id>`.
+    pub rack_id: String,
+    /// Name in heartbeats and results; defaults to `<rack_id>-<pid>`.
+    pub id: Option<String>,
+    /// Attempts at one card (after a removal, reset or other retryable error).
+    pub max_attempts: u32,
+    /// First wait between attempts; doubles each time.
+    pub retry_backoff_ms: u64,
+    /// Failed cards in a row after which a slot is quarantined.
+    pub quarantine_after: u32,
+    /// How long a job waits for its card to be (re)inserted before it is
+    /// handed back to the broker.
+    pub card_wait_seconds: u64,
+    /// On SIGTERM, how long in-flight cards may take to finish.
+    pub shutdown_grace_seconds: u64,
+    pub heartbeat_interval_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReaderSection {
+    /// `simulated` or `pcsc`.
+    #[serde(rename = "type")]
+    pub kind: ReaderKind,
+    /// Number of simulated slots.
+    pub slots: u16,
+    /// PC/SC reader names to use (substring match); empty means all readers.
+    pub name_patterns: Vec<String>,
+    /// Production CSV whose cards are loaded into simulated slots as they free up.
+    pub load_from: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum ReaderKind {
+    Simulated,
+    Pcsc,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SimulatedSection {
+    /// Latency of every command, in milliseconds.
+    pub latency_ms: u64,
+    /// Latency of GENERATE ASYMMETRIC KEY PAIR, in milliseconds.
+    pub keygen_latency_ms: u64,
+    /// Share of cards (0 to 1) that are pulled out once mid-encoding and put back.
+    pub removal_rate: f64,
+    /// Share of cards whose chip is mute.
+    pub mute_rate: f64,
+    /// How long a pulled card stays out, in milliseconds.
+    pub reinsert_ms: u64,
+    /// Directory keeping each simulated chip's state, so cards survive a
+    /// worker restart; unset keeps them in memory only.
+    pub state_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSection {
+    pub url: String,
+    pub reconnect_max_seconds: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    pub listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    pub filter: String,
+    pub format: String,
+}
+
+/// Every key with its default.
+pub const DEFAULTS: &[(&str, &str)] = &[
+    ("worker.rack_id", "rack-1"),
+    ("worker.max_attempts", "5"),
+    ("worker.retry_backoff_ms", "100"),
+    ("worker.quarantine_after", "3"),
+    ("worker.card_wait_seconds", "600"),
+    ("worker.shutdown_grace_seconds", "30"),
+    ("worker.heartbeat_interval_seconds", "5"),
+    ("reader.type", "simulated"),
+    ("reader.slots", "16"),
+    ("simulated.latency_ms", "0"),
+    ("simulated.keygen_latency_ms", "0"),
+    ("simulated.removal_rate", "0"),
+    ("simulated.mute_rate", "0"),
+    ("simulated.reinsert_ms", "200"),
+    ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ("amqp.reconnect_max_seconds", "10"),
+    ("metrics.listen", "127.0.0.1:9465"),
+    ("log.filter", "info"),
+    ("log.format", "text"),
+];
+
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct SettingsError(String);
+
+impl WorkerSettings {
+    pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, SettingsError> {
+        let err = |e: config::ConfigError| SettingsError(e.to_string());
+        let mut builder = config::Config::builder();
+        for (key, value) in DEFAULTS {
+            builder = builder.set_default(*key, *value).map_err(err)?;
+        }
+        builder = builder
+            .set_default("reader.name_patterns", Vec::<String>::new())
+            .map_err(err)?;
+        builder = match file {
+            Some(path) => builder.add_source(config::File::from(path).required(true)),
+            None => {
+                builder.add_source(config::File::with_name("cardfleet-worker.toml").required(false))
+            }
+        };
+        builder = builder.add_source(
+            config::Environment::with_prefix("CARDFLEET")
+                .prefix_separator("__")
+                .separator("__")
+                .list_separator(",")
+                .with_list_parse_key("reader.name_patterns")
+                .try_parsing(true),
+        );
+        for (key, value) in overrides {
+            builder = builder.set_override(*key, value.as_str()).map_err(err)?;
+        }
+        let settings: WorkerSettings = builder
+            .build()
+            .map_err(err)?
+            .try_deserialize()
+            .map_err(err)?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), SettingsError> {
+        let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        let rack_ok = !self.worker.rack_id.is_empty()
+            && self.worker.rack_id.len() <= 64
+            && self
+                .worker
+                .rack_id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !rack_ok {
+            return bad(
+                "worker.rack_id",
+                "must be 1 to 64 characters of a-z, A-Z, 0-9, '-', '_'",
+            );
+        }
+        if self.reader.kind == ReaderKind::Simulated && self.reader.slots == 0 {
+            return bad("reader.slots", "must be at least 1");
+        }
+        if self.worker.max_attempts == 0 {
+            return bad("worker.max_attempts", "must be at least 1");
+        }
+        for (key, rate) in [
+            ("simulated.removal_rate", self.simulated.removal_rate),
+            ("simulated.mute_rate", self.simulated.mute_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return bad(key, "must be between 0 and 1");
+            }
+        }
+        Ok(())
+    }
+
+    pub fn worker_id(&self) -> String {
+        self.worker
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", self.worker.rack_id, std::process::id()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_describe_a_16_slot_simulated_rack() {
+        let s = WorkerSettings::load(None, &[]).unwrap();
+        assert_eq!(s.reader.kind, ReaderKind::Simulated);
+        assert_eq!(s.reader.slots, 16);
+    }
+
+    #[test]
+    fn a_bad_rack_id_is_named() {
+        let err = WorkerSettings::load(None, &[("worker.rack_id", "rack 1".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("worker.rack_id"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_reader_type_is_refused() {
+        let err = WorkerSettings::load(None, &[("reader.type", "usb".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("usb") || err.contains("type"), "{err}");
+    }
+}
