@@ -3,6 +3,8 @@
 //! speaks the wire contract.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod workers;
+
 use std::process::Command;
 use std::time::{Duration, Instant};
 

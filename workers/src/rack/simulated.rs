@@ -28,6 +28,9 @@ pub struct SimFaults {
     pub pin_blocked: bool,
     /// Extra latency per command (a slow card).
     pub slow: Duration,
+    /// The slot reports this serial instead of the chip's own (a misread
+    /// label or a card swapped behind the reader's back).
+    pub reported_serial: Option<u32>,
 }
 
 /// A card waiting to be loaded into a slot.
@@ -247,6 +250,17 @@ pub fn start(config: SimConfig, feed: CardFeed, tray: OutputTray) -> Rack {
     }
 }
 
+/// File beside a card's saved state once the card has left the rack.
+const LEFT_MARKER: &str = "left-the-rack";
+
+fn left_the_rack(state_dir: Option<&std::path::Path>, card: &SimCard) -> bool {
+    state_dir.is_some_and(|dir| {
+        dir.join(card.options.chip_serial.to_string())
+            .join(LEFT_MARKER)
+            .exists()
+    })
+}
+
 struct SlotSetup {
     latency: Latency,
     reinsert: Duration,
@@ -271,7 +285,15 @@ fn slot_thread(
         if current.is_none()
             && let Some(card) = feed.next()
         {
-            let serial = card.options.chip_serial.to_string();
+            if left_the_rack(state_dir.as_deref(), &card) {
+                // Finished before a restart: the operator does not load it again.
+                continue;
+            }
+            let serial = card
+                .faults
+                .reported_serial
+                .unwrap_or(card.options.chip_serial)
+                .to_string();
             match load(card, latency, state_dir.as_deref()) {
                 Some(loaded) => {
                     let _ = events.send(RackEvent::Inserted {
@@ -332,6 +354,12 @@ fn slot_thread(
                 if current.as_ref().is_some_and(|(s, _)| *s == chip_serial)
                     && let Some((_, card)) = current.take()
                 {
+                    if let Some(store) = &card.store
+                        && let Err(e) =
+                            std::fs::write(store.path().with_file_name(LEFT_MARKER), b"")
+                    {
+                        tracing::error!(error = %e, "cannot mark a simulated card as finished");
+                    }
                     tray.put(card.card);
                     let _ = events.send(RackEvent::Removed { slot });
                 }
