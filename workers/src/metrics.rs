@@ -1,10 +1,65 @@
 //! The worker's Prometheus metrics. Labels are bounded: rack (one per
 //! worker), outcome, failure code, step name, slot state, status-word class.
 
+use std::sync::LazyLock;
+
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+/// Classes of APDU status words.
+const STATUS_CLASSES: [&str; 8] = [
+    "success",
+    "more_data",
+    "verify_failed",
+    "blocked",
+    "refused",
+    "wrong_parameters",
+    "not_supported",
+    "other",
+];
+
+/// The class of a status word, for [`record_status_word`].
+pub fn status_class(sw1: u8, sw2: u8) -> usize {
+    match (sw1, sw2) {
+        (0x90, 0x00) => 0,
+        (0x61, _) => 1,
+        (0x63, _) => 2,
+        (0x69, 0x83) => 3,
+        (0x69, _) => 4,
+        (0x6A, _) | (0x6B, _) | (0x67, _) => 5,
+        (0x6D, _) | (0x6E, _) => 6,
+        _ => 7,
+    }
+}
+
+/// APDU responses of this process by status-word class. The engine counts
+/// every response it sees; one family per process, shared by its registries.
+static STATUS_WORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
+    IntCounterVec::new(
+        Opts::new(
+            "cardfleet_worker_apdu_status_total",
+            "APDU responses by status-word class",
+        ),
+        &["class"],
+    )
+    .unwrap_or_else(|_| invalid("cardfleet_worker_apdu_status_total"))
+});
+
+static STATUS_COUNTERS: LazyLock<Vec<IntCounter>> = LazyLock::new(|| {
+    STATUS_CLASSES
+        .iter()
+        .map(|c| STATUS_WORDS.with_label_values(&[c]))
+        .collect()
+});
+
+/// Counts one APDU response.
+pub fn record_status_word(sw1: u8, sw2: u8) {
+    if let Some(c) = STATUS_COUNTERS.get(status_class(sw1, sw2)) {
+        c.inc();
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerMetrics {
@@ -13,7 +68,6 @@ pub struct WorkerMetrics {
     pub failures: IntCounterVec,
     pub encode_seconds: HistogramVec,
     pub step_seconds: HistogramVec,
-    pub status_words: IntCounterVec,
     pub slots: IntGaugeVec,
     pub heartbeat: GaugeVec,
     pub in_flight: IntGaugeVec,
@@ -91,12 +145,6 @@ impl WorkerMetrics {
                 &["rack", "step"],
                 seconds,
             ),
-            status_words: counter(
-                &r,
-                "cardfleet_worker_apdu_status_total",
-                "APDU responses by status-word class",
-                &["rack", "class"],
-            ),
             slots: register(
                 &r,
                 IntGaugeVec::new(
@@ -133,7 +181,10 @@ impl WorkerMetrics {
                 "Reconnects to RabbitMQ",
                 &["rack"],
             ),
-            registry: r,
+            registry: {
+                let _ = r.register(Box::new(STATUS_WORDS.clone()));
+                r
+            },
         }
     }
 

@@ -99,6 +99,8 @@ impl<'c> Session<'c> {
             tracing::debug!(command = name, ins = command.ins(), %error, "apdu not exchanged");
         })?;
         let response = ResponseApdu::parse(&raw).map_err(|e| EngineError::malformed(name, e))?;
+        let [sw1, sw2] = response.sw().to_bytes();
+        crate::metrics::record_status_word(sw1, sw2);
         tracing::trace!(
             command = name,
             ins = command.ins(),

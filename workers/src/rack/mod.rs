@@ -6,6 +6,8 @@
 pub mod pcsc;
 pub mod simulated;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 
 use cardfleet_schemas::{CardProfile, CardSecrets};
@@ -29,6 +31,23 @@ pub struct SlotJob {
     pub chip_serial: String,
     pub profile: CardProfile,
     pub secrets: CardSecrets,
+    /// Set when the job is cancelled; the engine looks at it at its safe point.
+    pub cancelled: Arc<AtomicBool>,
+}
+
+impl SlotJob {
+    /// Runs the engine for this job on `card`, honouring cancellation.
+    pub fn encode(&self, card: &mut dyn crate::engine::CardTransport) -> EncodeReport {
+        let request = crate::engine::EncodeRequest {
+            job_id: self.job_id,
+            chip_serial: &self.chip_serial,
+            profile: &self.profile,
+            secrets: &self.secrets,
+        };
+        crate::engine::encode_cancellable(&request, card, &|| {
+            self.cancelled.load(Ordering::Relaxed)
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -48,20 +67,6 @@ pub enum SlotCommand {
 pub struct Rack {
     pub slots: Vec<std_mpsc::Sender<SlotCommand>>,
     pub events: mpsc::UnboundedReceiver<RackEvent>,
-}
-
-/// Counts status words by class, for metrics.
-pub fn status_class(sw1: u8, sw2: u8) -> &'static str {
-    match (sw1, sw2) {
-        (0x90, 0x00) => "success",
-        (0x61, _) => "more_data",
-        (0x63, _) => "verify_failed",
-        (0x69, 0x83) => "blocked",
-        (0x69, _) => "refused",
-        (0x6A, _) | (0x6B, _) | (0x67, _) => "wrong_parameters",
-        (0x6D, _) | (0x6E, _) => "not_supported",
-        _ => "other",
-    }
 }
 
 /// The report for a job whose card is not in the slot (any more).

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::{Rack, RackEvent, SlotCommand};
-use crate::engine::{self, CardTransport, EncodeRequest, TransportError};
+use crate::engine::{CardTransport, TransportError};
 use crate::piv::{CardOptions, StateStore, VirtualPivCard};
 
 /// Faults one simulated card suffers.
@@ -326,13 +326,7 @@ fn slot_thread(
             SlotCommand::Encode { job, reply } => {
                 let report = match &mut current {
                     Some((serial, card)) if *serial == job.chip_serial => {
-                        let request = EncodeRequest {
-                            job_id: job.job_id,
-                            chip_serial: &job.chip_serial,
-                            profile: &job.profile,
-                            secrets: &job.secrets,
-                        };
-                        let report = engine::encode(&request, card);
+                        let report = job.encode(card);
                         if card.pulled {
                             // The operator notices and puts the card back.
                             let _ = events.send(RackEvent::Removed { slot });

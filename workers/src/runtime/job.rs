@@ -182,11 +182,17 @@ async fn run_decoded(
     .await?;
     shared.with_directory(|d| d.encoding(slot));
 
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(is_cancelled(
+        shared, &job,
+    )));
+    if let Ok(mut flags) = shared.encoding.lock() {
+        flags.insert(job.job_id, flag.clone());
+    }
     let mut attempts = 0;
     let mut slot = slot;
     let report = loop {
         attempts += 1;
-        let report = encode_in_slot(shared, slot, &job, &secrets).await;
+        let report = encode_in_slot(shared, slot, &job, &secrets, &flag).await;
         for step in &report.steps {
             shared
                 .metrics
@@ -216,6 +222,9 @@ async fn run_decoded(
             None => break report,
         }
     };
+    if let Ok(mut flags) = shared.encoding.lock() {
+        flags.remove(&job.job_id);
+    }
     shared
         .metrics
         .encode_seconds
@@ -300,6 +309,7 @@ async fn encode_in_slot(
     slot: u16,
     job: &InitializeJob,
     secrets: &CardSecrets,
+    cancelled: &Arc<std::sync::atomic::AtomicBool>,
 ) -> EncodeReport {
     let Some(tx) = shared.slots.get(usize::from(slot)) else {
         return crate::rack::card_absent();
@@ -311,6 +321,7 @@ async fn encode_in_slot(
             chip_serial: job.chip_serial.clone(),
             profile: job.profile.clone(),
             secrets: secrets.clone(),
+            cancelled: cancelled.clone(),
         }),
         reply,
     };

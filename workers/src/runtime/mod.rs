@@ -84,6 +84,8 @@ struct Shared {
     cancelled: Mutex<JobSet>,
     /// Jobs this process has taken; a duplicate delivery of one is acked at once.
     taken: Mutex<JobSet>,
+    /// Cancellation flags of the jobs being encoded, read by the engine.
+    encoding: Mutex<std::collections::HashMap<Uuid, Arc<std::sync::atomic::AtomicBool>>>,
     outgoing: mpsc::UnboundedSender<EventMessage>,
     metrics: WorkerMetrics,
 }
@@ -170,6 +172,7 @@ pub async fn run(
         changed: Notify::new(),
         cancelled: Mutex::new(JobSet::default()),
         taken: Mutex::new(JobSet::default()),
+        encoding: Mutex::new(std::collections::HashMap::new()),
         outgoing,
         metrics,
     });
@@ -369,6 +372,13 @@ async fn publish_event(channel: &lapin::Channel, event: &EventMessage) -> anyhow
 fn on_control(shared: &Arc<Shared>, data: &[u8]) {
     match serde_json::from_slice::<ControlMessage>(data) {
         Ok(ControlMessage::Cancellation(c)) => {
+            if let Ok(flags) = shared.encoding.lock() {
+                for id in &c.job_ids {
+                    if let Some(flag) = flags.get(id) {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+            }
             if let Ok(mut set) = shared.cancelled.lock() {
                 for id in c.job_ids {
                     set.insert(id);
