@@ -22,7 +22,10 @@ async fn dispatched(app: &TestApp) -> i64 {
 
 async fn run(n: usize) {
     let app = spawn_app_with(
-        &[cardfleet::app::Component::Api, cardfleet::app::Component::Dispatcher],
+        &[
+            cardfleet::app::Component::Api,
+            cardfleet::app::Component::Dispatcher,
+        ],
         &[("database.max_connections", "16".into())],
     )
     .await;
@@ -46,20 +49,28 @@ async fn run(n: usize) {
         .execute(app.store.pool())
         .await
         .unwrap();
-        cardfleet::broker::declare_rack_queue(&worker.channel, rack, 5).await.unwrap();
+        cardfleet::broker::declare_rack_queue(&worker.channel, rack, 5)
+            .await
+            .unwrap();
     }
     app.enable().await;
 
     let start = Instant::now();
     let r = app
-        .post("/v1/initializations", json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }))
+        .post(
+            "/v1/initializations",
+            json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
+        )
         .await;
     let accepted_at = start.elapsed();
     assert_eq!(r.status, 202, "{}", r.body);
     assert_eq!(r.body["accepted"].as_array().unwrap().len(), n);
     while dispatched(&app).await < n as i64 {
         tokio::time::sleep(Duration::from_millis(20)).await;
-        assert!(start.elapsed() < Duration::from_secs(300), "dispatch did not finish");
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "dispatch did not finish"
+        );
     }
     let on_broker = start.elapsed();
     let target = if n <= 10_000 { 1.0 } else { 10.0 };
@@ -79,7 +90,11 @@ async fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() { vec![10_000, 100_000] } else { sizes };
+    let sizes = if sizes.is_empty() {
+        vec![10_000, 100_000]
+    } else {
+        sizes
+    };
     for n in sizes {
         run(n).await;
     }
