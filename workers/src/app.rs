@@ -22,7 +22,7 @@ pub fn runtime_config(settings: &WorkerSettings) -> RuntimeConfig {
         rack_id: settings.worker.rack_id.clone(),
         worker_id: settings.worker_id(),
         amqp_url: settings.amqp.url.clone(),
-        delivery_limit: 5,
+        delivery_limit: settings.amqp.delivery_limit,
         max_attempts: settings.worker.max_attempts,
         retry_backoff: Duration::from_millis(settings.worker.retry_backoff_ms),
         quarantine_after: settings.worker.quarantine_after,

@@ -81,6 +81,8 @@ pub struct SimulatedSection {
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
     pub url: String,
+    /// Must equal the control plane's: both declare the rack queue with it.
+    pub delivery_limit: u32,
     pub reconnect_max_seconds: u64,
 }
 
@@ -114,6 +116,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("simulated.mute_rate", "0"),
     ("simulated.reinsert_ms", "200"),
     ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
+    ("amqp.delivery_limit", "5"),
     ("amqp.reconnect_max_seconds", "10"),
     ("metrics.listen", "127.0.0.1:9465"),
     ("log.filter", "info"),
