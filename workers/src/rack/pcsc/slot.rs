@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::connection::{CardConnection, context_lost, failed, transport_error};
 use super::{BUSY_WAIT, FIRST_BACKOFF, SlotInput};
-use crate::engine::{self, EncodeReport, EncodeRequest, EngineError, TransportError};
+use crate::engine::{self, EncodeReport, EngineError, TransportError};
 use crate::rack::{RackEvent, SlotCommand, SlotJob};
 
 /// Hands the runtime's commands to the slot thread; when the runtime lets go of the rack,
@@ -143,13 +143,8 @@ impl SlotWorker {
             Ok(t) => t,
             Err(e) => return failed(e),
         };
-        let request = EncodeRequest {
-            job_id: job.job_id,
-            chip_serial: &job.chip_serial,
-            profile: &job.profile,
-            secrets: &job.secrets,
-        };
-        let report = engine::encode(&request, &mut transport);
+        // Honours the job's cancellation at the engine's safe point.
+        let report = job.encode(&mut transport);
         if let Err(e) = transport.end() {
             tracing::debug!(error = %e, "ending the card transaction failed");
         }
