@@ -144,7 +144,7 @@ pub fn prepare() {
             .unwrap();
         assert!(
             found.status.success(),
-            "{tool} is missing: install the Debian package `{package}` (scripts/test does)"
+            "{tool} is missing: install the Debian package `{package}`"
         );
     }
     if !run("pidof", &["pcscd"]).status.success() {
