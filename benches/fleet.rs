@@ -26,7 +26,10 @@ use support::*;
 
 async fn submit(app: &TestApp, n: usize) -> String {
     let r = app
-        .post("/v1/initializations", json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }))
+        .post(
+            "/v1/initializations",
+            json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
+        )
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     r.body["batch_id"].as_str().unwrap().to_owned()
@@ -39,31 +42,64 @@ async fn raw_lapin_round_trips(url: &str, n: usize) -> f64 {
     let ch = cardfleet::broker::confirm_channel(&conn).await.unwrap();
     let args = || {
         let mut a = FieldTable::default();
-        a.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+        a.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
         a
     };
-    let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-    ch.queue_declare("bench.requests".into(), durable, args()).await.unwrap();
-    ch.queue_declare("bench.results".into(), durable, args()).await.unwrap();
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare("bench.requests".into(), durable, args())
+        .await
+        .unwrap();
+    ch.queue_declare("bench.results".into(), durable, args())
+        .await
+        .unwrap();
     let echo = conn.create_channel().await.unwrap();
-    echo.basic_qos(256, BasicQosOptions::default()).await.unwrap();
-    echo.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+    echo.basic_qos(256, BasicQosOptions::default())
+        .await
+        .unwrap();
+    echo.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
     let mut requests = echo
-        .basic_consume("bench.requests".into(), "echo".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "bench.requests".into(),
+            "echo".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     tokio::spawn(async move {
         while let Some(Ok(d)) = requests.next().await {
             let _ = echo
-                .basic_publish("".into(), "bench.results".into(), BasicPublishOptions::default(), &d.data, cardfleet::broker::properties("r", "result"))
+                .basic_publish(
+                    "".into(),
+                    "bench.results".into(),
+                    BasicPublishOptions::default(),
+                    &d.data,
+                    cardfleet::broker::properties("r", "result"),
+                )
                 .await;
             let _ = d.ack(BasicAckOptions::default()).await;
         }
     });
     let collector = conn.create_channel().await.unwrap();
-    collector.basic_qos(1000, BasicQosOptions::default()).await.unwrap();
+    collector
+        .basic_qos(1000, BasicQosOptions::default())
+        .await
+        .unwrap();
     let mut results = collector
-        .basic_consume("bench.results".into(), "collect".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            "bench.results".into(),
+            "collect".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await
         .unwrap();
     let payload = vec![b'x'; 600];
@@ -72,9 +108,15 @@ async fn raw_lapin_round_trips(url: &str, n: usize) -> f64 {
         let mut confirms = Vec::with_capacity(n);
         for _ in 0..n {
             confirms.push(
-                ch.basic_publish("".into(), "bench.requests".into(), BasicPublishOptions::default(), &payload, cardfleet::broker::properties("q", "request"))
-                    .await
-                    .unwrap(),
+                ch.basic_publish(
+                    "".into(),
+                    "bench.requests".into(),
+                    BasicPublishOptions::default(),
+                    &payload,
+                    cardfleet::broker::properties("q", "request"),
+                )
+                .await
+                .unwrap(),
             );
         }
         futures_util::future::join_all(confirms).await;
@@ -92,7 +134,14 @@ async fn raw_lapin_round_trips(url: &str, n: usize) -> f64 {
 }
 
 async fn throughput(n: u32) {
-    let app = spawn_app_with(&cardfleet::app::Component::ALL, &[("database.max_connections", "16".into()), ("ledger.batch_size", "1000".into())]).await;
+    let app = spawn_app_with(
+        &cardfleet::app::Component::ALL,
+        &[
+            ("database.max_connections", "16".into()),
+            ("ledger.batch_size", "1000".into()),
+        ],
+    )
+    .await;
     let raw = raw_lapin_round_trips(&app.vhost.url(), 20_000).await;
     import_serials(&app, 1..=n).await;
     app.enable().await;
@@ -100,8 +149,17 @@ async fn throughput(n: u32) {
     let slots = 64u16;
     let mut running = Vec::new();
     for w in 0..workers {
-        let cards = (1..=n).filter(|s| s % workers == w).map(SimCard::new).collect();
-        running.push(TestWorker::start(&app, &format!("rack-{w}"), slots, cards, &[]));
+        let cards = (1..=n)
+            .filter(|s| s % workers == w)
+            .map(SimCard::new)
+            .collect();
+        running.push(TestWorker::start(
+            &app,
+            &format!("rack-{w}"),
+            slots,
+            cards,
+            &[],
+        ));
     }
     let start = Instant::now();
     let batch = submit(&app, n as usize).await;
@@ -114,13 +172,41 @@ async fn throughput(n: u32) {
         elapsed,
         f64::from(n) / elapsed
     );
+    print_stage_latencies(&app).await;
     for w in running {
         w.stop().await;
     }
 }
 
+/// Median time each job spent between its recorded transitions.
+async fn print_stage_latencies(app: &TestApp) {
+    let rows: Vec<(String, f64)> = sqlx::query_as(
+        "WITH t AS (
+           SELECT job_id, action, at,
+                  lag(at) OVER (PARTITION BY job_id ORDER BY id) AS prev
+           FROM audit WHERE job_id IS NOT NULL)
+         SELECT action, (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM at - prev)) * 1000)::float8
+         FROM t WHERE prev IS NOT NULL GROUP BY action ORDER BY action",
+    )
+    .fetch_all(app.store.pool())
+    .await
+    .unwrap();
+    let stages: Vec<String> = rows
+        .iter()
+        .map(|(a, ms)| format!("{a} {ms:.1} ms"))
+        .collect();
+    println!(
+        "  median time before each job transition: {}",
+        stages.join(", ")
+    );
+}
+
 async fn utilization() {
-    let app = spawn_app_with(&cardfleet::app::Component::ALL, &[("database.max_connections", "16".into())]).await;
+    let app = spawn_app_with(
+        &cardfleet::app::Component::ALL,
+        &[("database.max_connections", "16".into())],
+    )
+    .await;
     let (workers, slots, per_slot) = (8u32, 32u16, 4u32);
     let n = workers * u32::from(slots) * per_slot;
     import_serials(&app, 1..=n).await;
@@ -129,12 +215,24 @@ async fn utilization() {
     let latency = [("simulated.latency_ms", "27".to_string())];
     let mut running = Vec::new();
     for w in 0..workers {
-        let cards = (1..=n).filter(|s| s % workers == w).map(SimCard::new).collect();
-        running.push(TestWorker::start(&app, &format!("rack-{w}"), slots, cards, &latency));
+        let cards = (1..=n)
+            .filter(|s| s % workers == w)
+            .map(SimCard::new)
+            .collect();
+        running.push(TestWorker::start(
+            &app,
+            &format!("rack-{w}"),
+            slots,
+            cards,
+            &latency,
+        ));
     }
     // Wait for every slot to hold a card, as an operator would have loaded them.
     eventually(Duration::from_secs(120), "all slots loaded", || async {
-        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM slot_locations").fetch_one(app.store.pool()).await.unwrap();
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM slot_locations")
+            .fetch_one(app.store.pool())
+            .await
+            .unwrap();
         n >= i64::from(workers) * i64::from(slots)
     })
     .await;
@@ -216,11 +314,16 @@ fn main() {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
             let settings = cardfleet_worker::settings::WorkerSettings::load(None, &[]).unwrap();
-            cardfleet_worker::app::run(settings, tokio_util::sync::CancellationToken::new()).await.unwrap();
+            cardfleet_worker::app::run(settings, tokio_util::sync::CancellationToken::new())
+                .await
+                .unwrap();
         });
         return;
     }
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let which = args.first().map(String::as_str).unwrap_or("all");
     let n: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let runtime = tokio::runtime::Runtime::new().unwrap();

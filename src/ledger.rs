@@ -97,10 +97,11 @@ impl Ledger {
         }
         *attempt = 0;
         tracing::info!("ledger connected");
-        let results = futures_util::future::join_all(loops).await;
+        // One consumer failing ends the session; closing the connection hands
+        // its unacked messages back to the broker for the next session.
+        let result = futures_util::future::try_join_all(loops).await;
         let _ = conn.close(200, "shutdown".into()).await;
-        results.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
-        Ok(())
+        result.map(|_| ())
     }
 
     async fn consume(
@@ -120,17 +121,34 @@ impl Ledger {
                 anyhow::bail!("consumer of {} was closed", source.queue());
             };
             let mut batch = vec![first?];
+            // Wait at most `batch_wait` after the first message, however
+            // steadily more arrive: the batch bounds latency, not just size.
+            let deadline = tokio::time::Instant::now() + self.batch_wait;
             while batch.len() < self.batch_size {
-                match tokio::time::timeout(self.batch_wait, consumer.next()).await {
+                match tokio::time::timeout_at(deadline, consumer.next()).await {
                     Ok(Some(Ok(d))) => batch.push(d),
                     Ok(Some(Err(e))) => return Err(e.into()),
                     Ok(None) | Err(_) => break,
                 }
             }
-            match source {
-                Source::Results => self.apply_results(&batch, publisher).await?,
-                Source::Events => self.apply_events(&batch, publisher).await?,
-                Source::Dead => self.record_dead(&batch).await?,
+            // Applying is idempotent, so a transient database error is
+            // simply tried again on the same batch.
+            let mut tries = 0;
+            loop {
+                let applied = match source {
+                    Source::Results => self.apply_results(&batch, publisher).await,
+                    Source::Events => self.apply_events(&batch, publisher).await,
+                    Source::Dead => self.record_dead(&batch).await,
+                };
+                match applied {
+                    Ok(()) => break,
+                    Err(e) if tries < 5 && is_transient(&e) => {
+                        tries += 1;
+                        tracing::info!(error = %e, tries, "retrying a batch after a transient database error");
+                        tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
             // Everything up to the last tag of this channel is in `batch`.
             if let Some(last) = batch.last() {
@@ -163,6 +181,23 @@ impl Ledger {
         Ok(())
     }
 
+    /// Counts the results that ended a job.
+    fn count_finished(&self, messages: &[ResultMessage], applied: &[Applied]) {
+        for (message, effect) in messages.iter().zip(applied) {
+            if let (ResultMessage::EncodeResult(r), Applied::Changed) = (message, effect) {
+                let outcome = match r.outcome {
+                    Outcome::Succeeded => "succeeded",
+                    Outcome::Failed => "failed",
+                    Outcome::Cancelled => "cancelled",
+                };
+                self.metrics
+                    .jobs_finished
+                    .with_label_values(&[outcome])
+                    .inc();
+            }
+        }
+    }
+
     async fn apply_results(&self, batch: &[Delivery], publisher: &Channel) -> anyhow::Result<()> {
         let mut messages = Vec::with_capacity(batch.len());
         let mut origin = Vec::with_capacity(batch.len());
@@ -186,6 +221,7 @@ impl Ledger {
             return Ok(());
         }
         let applied = self.store.apply_results(&messages, "ledger").await?;
+        self.count_finished(&messages, &applied);
         for (effect, delivery) in applied.iter().zip(origin) {
             let label = match effect {
                 Applied::Changed => "changed",
@@ -278,11 +314,17 @@ impl Ledger {
             });
         }
         if !exhausted.is_empty() {
-            self.store.apply_results(&exhausted, "ledger").await?;
+            let applied = self.store.apply_results(&exhausted, "ledger").await?;
+            self.count_finished(&exhausted, &applied);
         }
         self.store.record_dead_letters(&letters).await?;
         Ok(())
     }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::store::StoreError>()
+        .is_some_and(crate::store::StoreError::is_transient)
 }
 
 /// Decodes a message and checks its contract version.

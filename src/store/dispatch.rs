@@ -140,9 +140,14 @@ impl Claim {
             .execute(&mut *self.tx)
             .await?;
         // A job a fast worker already reported on keeps its newer state.
+        // Rows are locked in id order, as the ledger locks them, so the two
+        // never deadlock over jobs a fast worker already reported on.
         let moved: Vec<Uuid> = sqlx::query_scalar(
-            "UPDATE jobs SET state = 'dispatched', updated_at = now()
-             WHERE id = ANY($1) AND state = 'queued' RETURNING id",
+            "WITH locked AS (
+                SELECT id FROM jobs WHERE id = ANY($1) AND state = 'queued' ORDER BY id FOR UPDATE
+             )
+             UPDATE jobs SET state = 'dispatched', updated_at = now()
+             FROM locked WHERE jobs.id = locked.id RETURNING jobs.id",
         )
         .bind(&job_ids)
         .fetch_all(&mut *self.tx)

@@ -4,6 +4,7 @@
 mod audit;
 pub mod cards;
 pub mod dispatch;
+pub mod gauges;
 pub mod initialize;
 pub mod ledger;
 pub mod racks;
@@ -29,6 +30,22 @@ pub enum StoreError {
     NotFound,
     #[error("stored credential cannot be read: {0}")]
     Credential(#[from] crate::credentials::CredentialError),
+}
+
+impl StoreError {
+    /// A deadlock, serialization failure or lock timeout: the same
+    /// transaction may succeed when tried again.
+    pub fn is_transient(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
+            return true;
+        }
+        e.as_database_error()
+            .and_then(|d| d.code())
+            .is_some_and(|c| matches!(c.as_ref(), "40P01" | "40001" | "55P03"))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

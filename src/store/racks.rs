@@ -242,10 +242,15 @@ impl Store {
             .execute(&mut *tx)
             .await?;
             let rows = sqlx::query(
-                "UPDATE jobs SET state = 'queued', rack_id = l.rack_id, updated_at = now()
-                 FROM cards c, slot_locations l
-                 WHERE jobs.card_id = c.id AND l.chip_serial = c.chip_serial
-                   AND jobs.state = 'awaiting_card' AND c.chip_serial = ANY($1)
+                "WITH locked AS (
+                    SELECT j.id, l.rack_id FROM jobs j
+                    JOIN cards c ON c.id = j.card_id
+                    JOIN slot_locations l ON l.chip_serial = c.chip_serial
+                    WHERE j.state = 'awaiting_card' AND c.chip_serial = ANY($1)
+                    ORDER BY j.id FOR UPDATE OF j
+                 )
+                 UPDATE jobs SET state = 'queued', rack_id = locked.rack_id, updated_at = now()
+                 FROM locked WHERE jobs.id = locked.id
                  RETURNING jobs.id, jobs.card_id, jobs.batch_id, jobs.rack_id",
             )
             .bind(&serials)

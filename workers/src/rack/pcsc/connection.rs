@@ -151,6 +151,14 @@ impl<'c> PcscTransport<'c> {
             .end(Disposition::LeaveCard)
             .map_err(|(_, e)| transport_error(e))
     }
+
+    /// Ends the transaction with a card reset, so that no application that
+    /// connects next inherits a verified PIN or an authenticated management key.
+    pub fn end_with_reset(self) -> Result<(), TransportError> {
+        self.tx
+            .end(Disposition::ResetCard)
+            .map_err(|(_, e)| transport_error(e))
+    }
 }
 
 impl CardTransport for PcscTransport<'_> {

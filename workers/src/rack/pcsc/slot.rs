@@ -145,7 +145,9 @@ impl SlotWorker {
         };
         // Honours the job's cancellation at the engine's safe point.
         let report = job.encode(&mut transport);
-        if let Err(e) = transport.end() {
+        // The encoding session verified the PIN and authenticated the
+        // management key: reset so the next application starts from nothing.
+        if let Err(e) = transport.end_with_reset() {
             tracing::debug!(error = %e, "ending the card transaction failed");
         }
         report
