@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState};
 use crate::credentials::{CredentialCipher, MasterKey};
 use crate::dispatcher::Dispatcher;
+use crate::gauges::GaugeRefresher;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -36,6 +37,7 @@ pub struct Application {
     metrics: Option<(TcpListener, Router)>,
     dispatcher: Option<Dispatcher>,
     ledger: Option<Ledger>,
+    gauges: Option<GaugeRefresher>,
     store: Store,
 }
 
@@ -121,11 +123,18 @@ impl Application {
             reconnect_max,
             metrics: metrics.clone(),
         });
+        let gauges = (settings.metrics.refresh_seconds > 0).then(|| GaugeRefresher {
+            store: store.clone(),
+            amqp_url: settings.amqp.url.clone(),
+            interval: Duration::from_secs(settings.metrics.refresh_seconds),
+            metrics: metrics.clone(),
+        });
         Ok(Self {
             api,
             metrics: metrics_server,
             dispatcher,
             ledger,
+            gauges,
             store,
         })
     }
@@ -165,6 +174,13 @@ impl Application {
             let token = shutdown.clone();
             tasks.spawn(async move {
                 d.run(token).await;
+                Ok(())
+            });
+        }
+        if let Some(g) = self.gauges {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                g.run(token).await;
                 Ok(())
             });
         }

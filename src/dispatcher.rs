@@ -212,6 +212,8 @@ impl Dispatcher {
         let management_key = self
             .master_key
             .derive_management_key(&job.chip_serial, algorithm);
+        self.metrics.credentials_opened.inc_by(2);
+        self.metrics.management_keys_derived.inc();
         let secrets = CardSecrets {
             pin: pin.expose().to_owned(),
             puk: puk.expose().to_owned(),

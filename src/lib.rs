@@ -9,6 +9,7 @@ pub mod client;
 pub mod credentials;
 pub mod dispatcher;
 pub mod domain;
+pub mod gauges;
 pub mod ledger;
 pub mod metrics;
 pub mod settings;

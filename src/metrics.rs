@@ -1,9 +1,21 @@
 //! The control plane's Prometheus metrics, all in one registry. Labels are
-//! bounded: routes, states, outcomes and sources, never card, job or batch ids.
+//! bounded: routes, states, outcomes, sources and rack ids, never card, job
+//! or batch ids.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+/// Live (non-terminal) job states, as `cardfleet_jobs` labels them.
+pub const LIVE_JOB_STATES: [&str; 4] = ["queued", "awaiting_card", "dispatched", "encoding"];
+/// Label values of `cardfleet_dead_letters_total{source}`.
+pub const DEAD_LETTER_SOURCES: [&str; 4] = [
+    "rack",
+    cardfleet_schemas::RESULTS_QUEUE,
+    cardfleet_schemas::SLOT_EVENTS_QUEUE,
+    "other",
+];
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -20,6 +32,16 @@ pub struct Metrics {
     pub events_applied: IntCounter,
     pub dead_letters: IntCounterVec,
     pub broker_reconnects: IntCounterVec,
+    pub credentials_opened: IntCounter,
+    pub management_keys_derived: IntCounter,
+    pub jobs_finished: IntCounterVec,
+    // Gauges refreshed from the database and broker by `crate::gauges`.
+    pub jobs_live: IntGaugeVec,
+    pub outbox_lag: Gauge,
+    pub rack_queue: IntGaugeVec,
+    pub heartbeat_age: GaugeVec,
+    pub dead_letters_stored: IntGauge,
+    pub refresh_errors: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -33,6 +55,21 @@ fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> 
         .unwrap_or_else(|_| unreachable_metric(name));
     let _ = registry.register(Box::new(c.clone()));
     c
+}
+
+fn gauge_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|_| unreachable_metric(name));
+    let _ = registry.register(Box::new(g.clone()));
+    g
+}
+
+/// Creates the series of every known label value, so dashboards and alerts
+/// see a zero rather than nothing before the first event.
+fn preset(vec: &IntCounterVec, values: &[&str]) {
+    for v in values {
+        let _ = vec.with_label_values(&[v]);
+    }
 }
 
 // Metric names and labels are constants of this file; a bad one is caught by
@@ -61,7 +98,7 @@ impl Metrics {
         )
         .unwrap_or_else(|_| unreachable_metric("cardfleet_http_request_duration_seconds"));
         let _ = registry.register(Box::new(http_duration.clone()));
-        Self {
+        let m = Self {
             http_requests: counter_vec(
                 &registry,
                 "cardfleet_http_requests_total",
@@ -123,8 +160,82 @@ impl Metrics {
                 "Reconnects to RabbitMQ by component",
                 &["component"],
             ),
+            credentials_opened: counter(
+                &registry,
+                "cardfleet_credentials_opened_total",
+                "Stored PIN and PUK values decrypted for dispatch (counts only)",
+            ),
+            management_keys_derived: counter(
+                &registry,
+                "cardfleet_management_keys_derived_total",
+                "Per-card management keys derived for dispatch (counts only)",
+            ),
+            jobs_finished: counter_vec(
+                &registry,
+                "cardfleet_jobs_finished_total",
+                "Jobs that reached a terminal state, by outcome",
+                &["outcome"],
+            ),
+            jobs_live: gauge_vec(
+                &registry,
+                "cardfleet_jobs",
+                "Jobs in each live (non-terminal) state",
+                &["state"],
+            ),
+            outbox_lag: {
+                let name = "cardfleet_outbox_lag_seconds";
+                let g = Gauge::new(name, "Age of the oldest job not yet published to RabbitMQ")
+                    .unwrap_or_else(|_| unreachable_metric(name));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            rack_queue: gauge_vec(
+                &registry,
+                "cardfleet_rack_queue_messages",
+                "Jobs ready in each rack's queue, not yet taken by its worker",
+                &["rack"],
+            ),
+            heartbeat_age: {
+                let name = "cardfleet_rack_heartbeat_age_seconds";
+                let g = GaugeVec::new(
+                    Opts::new(
+                        name,
+                        "Time since the control plane last heard from a rack's worker",
+                    ),
+                    &["rack"],
+                )
+                .unwrap_or_else(|_| unreachable_metric(name));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            dead_letters_stored: {
+                let name = "cardfleet_dead_letters_stored";
+                let g = IntGauge::new(name, "Dead letters recorded in the database")
+                    .unwrap_or_else(|_| unreachable_metric(name));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            refresh_errors: counter_vec(
+                &registry,
+                "cardfleet_metrics_refresh_errors_total",
+                "Failed refreshes of the gauges, by what could not be read",
+                &["source"],
+            ),
             registry,
+        };
+        preset(&m.jobs_created, &["queued", "awaiting_card"]);
+        preset(&m.jobs_finished, &["succeeded", "failed", "cancelled"]);
+        preset(
+            &m.results_applied,
+            &["changed", "unchanged", "unknown_job", "undecodable"],
+        );
+        preset(&m.dead_letters, &DEAD_LETTER_SOURCES);
+        preset(&m.broker_reconnects, &["dispatcher", "ledger"]);
+        preset(&m.refresh_errors, &["database", "broker"]);
+        for state in LIVE_JOB_STATES {
+            let _ = m.jobs_live.with_label_values(&[state]);
         }
+        m
     }
 
     /// The Prometheus text exposition of every metric.
@@ -154,6 +265,21 @@ mod tests {
             .filter(|l| !l.starts_with('#') && !l.is_empty())
         {
             assert!(line.starts_with("cardfleet_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn known_label_values_are_exported_as_zero_before_any_event() {
+        let text = super::Metrics::new().render();
+        for series in [
+            "cardfleet_jobs{state=\"awaiting_card\"} 0",
+            "cardfleet_jobs_finished_total{outcome=\"failed\"} 0",
+            "cardfleet_dead_letters_total{source=\"cardfleet.results\"} 0",
+            "cardfleet_results_applied_total{effect=\"unknown_job\"} 0",
+            "cardfleet_outbox_lag_seconds 0",
+            "cardfleet_dead_letters_stored 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
         }
     }
 }

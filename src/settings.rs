@@ -56,6 +56,9 @@ pub struct HttpSettings {
 pub struct MetricsSettings {
     /// Where `/metrics` is served besides the API port; empty to disable.
     pub listen: Option<SocketAddr>,
+    /// How often the gauges read the database and the rack queues; 0 turns
+    /// the refresh off (for all but one process of a scaled-out control plane).
+    pub refresh_seconds: u64,
 }
 
 #[derive(Clone, Deserialize)]
@@ -126,6 +129,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("http.max_batch_cards", "100000"),
     ("http.max_body_bytes", "8388608"),
     ("metrics.listen", "127.0.0.1:9464"),
+    ("metrics.refresh_seconds", "5"),
     ("credentials.key_id", "k1"),
     ("dispatcher.batch_size", "2000"),
     ("dispatcher.poll_interval_ms", "500"),

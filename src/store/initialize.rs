@@ -38,6 +38,10 @@ pub struct InitializeOutcome {
     pub batch_id: Uuid,
     pub accepted: Vec<Uuid>,
     pub rejected: Vec<CardRejection>,
+    /// How many accepted jobs were queued at once (their chip had been seen
+    /// in a slot); the others wait for their card. For metrics only.
+    #[serde(skip)]
+    pub queued: usize,
 }
 
 /// Context the AAD of a stored credential is bound to.
@@ -205,10 +209,16 @@ impl Store {
                 .await?;
         }
         tx.commit().await?;
+        let queued = jobs
+            .state
+            .iter()
+            .filter(|s| **s == JobState::Queued.as_str())
+            .count();
         Ok(InitializeOutcome {
             batch_id,
             accepted,
             rejected,
+            queued,
         })
     }
 

@@ -103,6 +103,12 @@ pub async fn submit(
         .await?;
     let n = outcome.accepted.len() as u64;
     state.metrics.credentials_generated.inc_by(2 * n);
+    let queued = outcome.queued as u64;
+    let created = &state.metrics.jobs_created;
+    created.with_label_values(&["queued"]).inc_by(queued);
+    created
+        .with_label_values(&["awaiting_card"])
+        .inc_by(n.saturating_sub(queued));
     tracing::info!(batch.id = %outcome.batch_id, accepted = n, rejected = outcome.rejected.len(),
         "initialize request accepted");
     Ok((StatusCode::ACCEPTED, Json(outcome)))
@@ -222,6 +228,7 @@ pub async fn cancel_batch(
         .cancel(batch_id, None, "api")
         .await
         .map_err(unknown_batch)?;
+    count_cancelled(&state, &outcome);
     tracing::info!(batch.id = %batch_id, cancelled = outcome.cancelled.len(),
         stopping = outcome.stopping.len(), "batch cancel requested");
     Ok(Json(outcome))
@@ -234,16 +241,26 @@ pub async fn cancel_card(
     State(state): State<AppState>,
     IdPath((batch_id, card_id)): IdPath<(Uuid, Uuid)>,
 ) -> Result<Json<CancelOutcome>, ApiError> {
-    state
+    let outcome = state
         .store
         .cancel(batch_id, Some(card_id), "api")
         .await
-        .map(Json)
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::not_found(
                 "unknown_card",
                 "no such batch, or the card is not part of it",
             ),
             e => e.into(),
-        })
+        })?;
+    count_cancelled(&state, &outcome);
+    Ok(Json(outcome))
+}
+
+/// Jobs cancelled at once end here; the ones still encoding end in the ledger.
+fn count_cancelled(state: &AppState, outcome: &CancelOutcome) {
+    state
+        .metrics
+        .jobs_finished
+        .with_label_values(&["cancelled"])
+        .inc_by(outcome.cancelled.len() as u64);
 }
