@@ -1,63 +1,81 @@
 //! The worker's Prometheus metrics. Labels are bounded: rack (one per
-//! worker), outcome, failure code, step name, slot state, status-word class.
+//! worker), slot (the rack's slots), outcome, failure code, step name, slot
+//! state and status-word class; never a card, job or batch id or a chip serial.
 
-use std::sync::LazyLock;
+mod status_words;
 
+use cardfleet_schemas::SlotState;
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+use uuid::Uuid;
 
-/// Classes of APDU status words.
-const STATUS_CLASSES: [&str; 8] = [
-    "success",
-    "more_data",
-    "verify_failed",
-    "blocked",
-    "refused",
-    "wrong_parameters",
-    "not_supported",
-    "other",
+pub use status_words::{
+    Attribution, STATUS_CLASSES, counting_status_words, record_status_word, status_class,
+};
+
+/// Slot states in the order of [`SlotStateGauges`].
+const SLOT_STATES: [SlotState; 5] = [
+    SlotState::Empty,
+    SlotState::Present,
+    SlotState::Encoding,
+    SlotState::Faulted,
+    SlotState::Quarantined,
 ];
 
-/// The class of a status word, for [`record_status_word`].
-pub fn status_class(sw1: u8, sw2: u8) -> usize {
-    match (sw1, sw2) {
-        (0x90, 0x00) => 0,
-        (0x61, _) => 1,
-        (0x63, _) => 2,
-        (0x69, 0x83) => 3,
-        (0x69, _) => 4,
-        (0x6A, _) | (0x6B, _) | (0x67, _) => 5,
-        (0x6D, _) | (0x6E, _) => 6,
-        _ => 7,
+/// Outcomes of a finished card.
+const OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
+
+/// The label of a slot state.
+pub fn slot_state_label(state: SlotState) -> &'static str {
+    match state {
+        SlotState::Empty => "empty",
+        SlotState::Present => "present",
+        SlotState::Encoding => "encoding",
+        SlotState::Faulted => "faulted",
+        SlotState::Quarantined => "quarantined",
     }
 }
 
-/// APDU responses of this process by status-word class. The engine counts
-/// every response it sees; one family per process, shared by its registries.
-static STATUS_WORDS: LazyLock<IntCounterVec> = LazyLock::new(|| {
-    IntCounterVec::new(
-        Opts::new(
-            "cardfleet_worker_apdu_status_total",
-            "APDU responses by status-word class",
-        ),
-        &["class"],
-    )
-    .unwrap_or_else(|_| invalid("cardfleet_worker_apdu_status_total"))
-});
+/// A failure code or step name as a label value: codes are short snake_case
+/// constants with few digits, so anything else (which could carry a serial
+/// or an id) becomes `other`.
+pub fn code_label(code: &str) -> &str {
+    let constant = code.len() <= 48
+        && code.starts_with(|c: char| c.is_ascii_lowercase())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && code.bytes().filter(u8::is_ascii_digit).count() <= 3;
+    if constant { code } else { "other" }
+}
 
-static STATUS_COUNTERS: LazyLock<Vec<IntCounter>> = LazyLock::new(|| {
-    STATUS_CLASSES
-        .iter()
-        .map(|c| STATUS_WORDS.with_label_values(&[c]))
-        .collect()
-});
+/// The state series of a rack's slots, resolved once so updating them is cheap.
+#[derive(Debug, Clone)]
+pub struct SlotStateGauges {
+    /// Slots per state (`cardfleet_worker_slots`).
+    counts: Vec<IntGauge>,
+    /// Per slot, 1 for its state and 0 for the others (`cardfleet_worker_slot_state`).
+    slots: Vec<Vec<IntGauge>>,
+}
 
-/// Counts one APDU response.
-pub fn record_status_word(sw1: u8, sw2: u8) {
-    if let Some(c) = STATUS_COUNTERS.get(status_class(sw1, sw2)) {
-        c.inc();
+impl SlotStateGauges {
+    /// Shows `states`, the state of every slot in order.
+    pub fn set(&self, states: &[SlotState]) {
+        let mut counts = [0i64; SLOT_STATES.len()];
+        for (gauges, state) in self.slots.iter().zip(states) {
+            for (i, (gauge, s)) in gauges.iter().zip(SLOT_STATES).enumerate() {
+                let on = s == *state;
+                gauge.set(i64::from(on));
+                if on {
+                    counts[i] += 1;
+                }
+            }
+        }
+        for (gauge, n) in self.counts.iter().zip(counts) {
+            gauge.set(n);
+        }
     }
 }
 
@@ -66,9 +84,14 @@ pub struct WorkerMetrics {
     registry: Registry,
     pub cards: IntCounterVec,
     pub failures: IntCounterVec,
+    pub slot_cards: IntCounterVec,
+    pub slot_failures: IntCounterVec,
+    pub quarantines: IntCounterVec,
     pub encode_seconds: HistogramVec,
     pub step_seconds: HistogramVec,
+    pub status_words: IntCounterVec,
     pub slots: IntGaugeVec,
+    pub slot_state: IntGaugeVec,
     pub heartbeat: GaugeVec,
     pub in_flight: IntGaugeVec,
     pub reconnects: IntCounterVec,
@@ -89,6 +112,13 @@ fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterV
     register(
         r,
         IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| invalid(name)),
+    )
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(
+        r,
+        IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|_| invalid(name)),
     )
 }
 
@@ -131,6 +161,24 @@ impl WorkerMetrics {
                 "Failed cards by reason",
                 &["rack", "reason"],
             ),
+            slot_cards: counter(
+                &r,
+                "cardfleet_worker_slot_cards_total",
+                "Cards finished in each slot, by outcome",
+                &["rack", "slot", "outcome"],
+            ),
+            slot_failures: counter(
+                &r,
+                "cardfleet_worker_slot_failures_total",
+                "Failed cards in each slot, by reason",
+                &["rack", "slot", "reason"],
+            ),
+            quarantines: counter(
+                &r,
+                "cardfleet_worker_quarantines_total",
+                "Slots quarantined after failing cards in a row",
+                &["rack"],
+            ),
             encode_seconds: histogram(
                 &r,
                 "cardfleet_worker_encode_duration_seconds",
@@ -145,13 +193,23 @@ impl WorkerMetrics {
                 &["rack", "step"],
                 seconds,
             ),
-            slots: register(
+            status_words: counter(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new("cardfleet_worker_slots", "Slots by state"),
-                    &["rack", "state"],
-                )
-                .unwrap_or_else(|_| invalid("slots")),
+                "cardfleet_worker_apdu_status_total",
+                "APDU responses while encoding, by status-word class",
+                &["rack", "class"],
+            ),
+            slots: gauge(
+                &r,
+                "cardfleet_worker_slots",
+                "Slots by state",
+                &["rack", "state"],
+            ),
+            slot_state: gauge(
+                &r,
+                "cardfleet_worker_slot_state",
+                "1 for each slot's current state, 0 for its other states",
+                &["rack", "slot", "state"],
             ),
             heartbeat: register(
                 &r,
@@ -164,16 +222,11 @@ impl WorkerMetrics {
                 )
                 .unwrap_or_else(|_| invalid("heartbeat")),
             ),
-            in_flight: register(
+            in_flight: gauge(
                 &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "cardfleet_worker_jobs_in_flight",
-                        "Jobs taken and not yet acked",
-                    ),
-                    &["rack"],
-                )
-                .unwrap_or_else(|_| invalid("in_flight")),
+                "cardfleet_worker_jobs_in_flight",
+                "Jobs taken and not yet acked",
+                &["rack"],
             ),
             reconnects: counter(
                 &r,
@@ -181,11 +234,51 @@ impl WorkerMetrics {
                 "Reconnects to RabbitMQ",
                 &["rack"],
             ),
-            registry: {
-                let _ = r.register(Box::new(STATUS_WORDS.clone()));
-                r
-            },
+            registry: r,
         }
+    }
+
+    /// Creates the rack's series that have known label values, so they read
+    /// zero rather than nothing until something happens, and returns the
+    /// rack's slot state series.
+    pub fn for_rack(&self, rack: &str, slots: u16) -> SlotStateGauges {
+        for outcome in OUTCOMES {
+            let _ = self.cards.with_label_values(&[rack, outcome]);
+        }
+        for class in STATUS_CLASSES {
+            let _ = self.status_words.with_label_values(&[rack, class]);
+        }
+        let _ = self.quarantines.with_label_values(&[rack]);
+        let _ = self.in_flight.with_label_values(&[rack]);
+        let _ = self.reconnects.with_label_values(&[rack]);
+        let states = SLOT_STATES.map(slot_state_label);
+        SlotStateGauges {
+            counts: states
+                .iter()
+                .map(|s| self.slots.with_label_values(&[rack, s]))
+                .collect(),
+            slots: (0..slots)
+                .map(|slot| {
+                    let slot = slot.to_string();
+                    for outcome in OUTCOMES {
+                        let _ = self.slot_cards.with_label_values(&[rack, &slot, outcome]);
+                    }
+                    states
+                        .iter()
+                        .map(|s| self.slot_state.with_label_values(&[rack, &slot, s]))
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+
+    /// Counts the APDUs of `job_id` towards `rack` until the guard drops.
+    pub fn attribute_status_words(&self, rack: &str, job_id: Uuid) -> Attribution {
+        let counters = STATUS_CLASSES
+            .iter()
+            .map(|c| self.status_words.with_label_values(&[rack, c]))
+            .collect();
+        status_words::attribute(job_id, counters)
     }
 
     pub fn render(&self) -> String {
@@ -197,14 +290,59 @@ impl WorkerMetrics {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn metrics_render_under_the_cardfleet_prefix() {
-        let m = super::WorkerMetrics::new();
+        let m = WorkerMetrics::new();
         m.cards.with_label_values(&["r", "succeeded"]).inc();
         let text = m.render();
         assert!(
             text.contains("cardfleet_worker_cards_total{outcome=\"succeeded\",rack=\"r\"} 1"),
             "{text}"
         );
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.starts_with("cardfleet_worker_"), "{line}");
+        }
+    }
+
+    #[test]
+    fn slot_state_series_show_one_state_per_slot_and_the_counts_per_rack() {
+        let m = WorkerMetrics::new();
+        let gauges = m.for_rack("r", 3);
+        gauges.set(&[
+            SlotState::Present,
+            SlotState::Quarantined,
+            SlotState::Present,
+        ]);
+        let text = m.render();
+        for series in [
+            "cardfleet_worker_slot_state{rack=\"r\",slot=\"1\",state=\"quarantined\"} 1",
+            "cardfleet_worker_slot_state{rack=\"r\",slot=\"1\",state=\"present\"} 0",
+            "cardfleet_worker_slot_state{rack=\"r\",slot=\"2\",state=\"present\"} 1",
+            "cardfleet_worker_slots{rack=\"r\",state=\"present\"} 2",
+            "cardfleet_worker_slots{rack=\"r\",state=\"empty\"} 0",
+            "cardfleet_worker_quarantines_total{rack=\"r\"} 0",
+            "cardfleet_worker_cards_total{outcome=\"failed\",rack=\"r\"} 0",
+            "cardfleet_worker_slot_cards_total{outcome=\"failed\",rack=\"r\",slot=\"2\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        assert_eq!(
+            text.matches("cardfleet_worker_slot_state{").count(),
+            3 * SLOT_STATES.len()
+        );
+    }
+
+    #[test]
+    fn only_constant_codes_become_label_values() {
+        assert_eq!(code_label("card_mute"), "card_mute");
+        assert_eq!(code_label("generate_key_9a"), "generate_key_9a");
+        assert_eq!(code_label("chip 1234 vanished"), "other");
+        assert_eq!(code_label("6f1c2a7e-1d3b-4c8a-9f00-2b5d0e6c7a11"), "other");
+        assert_eq!(code_label("f1c2a7e1d3b4c8a9f002b5d0e6c7a11"), "other");
+        assert_eq!(code_label("3735928559"), "other");
+        assert_eq!(code_label(""), "other");
+        assert_eq!(code_label(&"x".repeat(49)), "other");
     }
 }

@@ -44,8 +44,10 @@ impl SlotJob {
             profile: &self.profile,
             secrets: &self.secrets,
         };
-        crate::engine::encode_cancellable(&request, card, &|| {
-            self.cancelled.load(Ordering::Relaxed)
+        crate::metrics::counting_status_words(self.job_id, || {
+            crate::engine::encode_cancellable(&request, card, &|| {
+                self.cancelled.load(Ordering::Relaxed)
+            })
         })
     }
 }

@@ -159,6 +159,11 @@ impl Directory {
             .collect()
     }
 
+    /// Every slot's state, in slot order.
+    pub fn states(&self) -> Vec<SlotState> {
+        self.slots.iter().map(|s| s.state).collect()
+    }
+
     pub fn count(&self, state: SlotState) -> usize {
         self.slots.iter().filter(|s| s.state == state).count()
     }

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use super::{Shared, SlotVerdict};
 use crate::engine::EncodeReport;
+use crate::metrics::code_label;
 use crate::rack::{SlotCommand, SlotJob};
 
 pub(super) async fn handle(
@@ -182,6 +183,9 @@ async fn run_decoded(
     .await?;
     shared.with_directory(|d| d.encoding(slot));
 
+    let _attribution = shared
+        .metrics
+        .attribute_status_words(&config.rack_id, job.job_id);
     let flag = Arc::new(std::sync::atomic::AtomicBool::new(is_cancelled(
         shared, &job,
     )));
@@ -197,7 +201,7 @@ async fn run_decoded(
             shared
                 .metrics
                 .step_seconds
-                .with_label_values(&[&config.rack_id, &step.step])
+                .with_label_values(&[&config.rack_id, code_label(&step.step)])
                 .observe(step.duration_ms / 1000.0);
         }
         let done = report.outcome == Outcome::Succeeded
@@ -245,6 +249,11 @@ async fn run_decoded(
     let verdict = shared.with_directory(|d| d.finished(slot, failed));
     if verdict == Some(SlotVerdict::Quarantined) {
         tracing::warn!(slot, "slot quarantined after failing cards in a row");
+        shared
+            .metrics
+            .quarantines
+            .with_label_values(&[&config.rack_id])
+            .inc();
         let reason = format!(
             "{} failed cards in a row, last: {}",
             config.quarantine_after,
@@ -378,17 +387,27 @@ async fn publish_result(
         Outcome::Failed => "failed",
         Outcome::Cancelled => "cancelled",
     };
-    shared
-        .metrics
+    let metrics = &shared.metrics;
+    let slot_label = slot.map(|s| s.to_string());
+    metrics
         .cards
         .with_label_values(&[rack, outcome_label])
         .inc();
-    if let Some(f) = &report.failure {
-        shared
-            .metrics
-            .failures
-            .with_label_values(&[rack, &f.code])
+    if let Some(s) = &slot_label {
+        metrics
+            .slot_cards
+            .with_label_values(&[rack, s, outcome_label])
             .inc();
+    }
+    if let Some(f) = &report.failure {
+        let reason = code_label(&f.code);
+        metrics.failures.with_label_values(&[rack, reason]).inc();
+        if let Some(s) = &slot_label {
+            metrics
+                .slot_failures
+                .with_label_values(&[rack, s, reason])
+                .inc();
+        }
         tracing::warn!(code = %f.code, message = %f.message, "card failed");
     }
     let message = ResultMessage::EncodeResult(EncodeResult {

@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use cardfleet_schemas::amqp as broker;
 use cardfleet_schemas::{
-    self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, SlotState,
-    WorkerHeartbeat,
+    self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, WorkerHeartbeat,
 };
 use futures_util::StreamExt;
 use lapin::options::{
@@ -27,7 +26,7 @@ use uuid::Uuid;
 
 pub use directory::{Directory, SlotVerdict};
 
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{SlotStateGauges, WorkerMetrics};
 use crate::rack::{Rack, RackEvent, SlotCommand};
 
 /// Timing and limits of the runtime.
@@ -88,6 +87,7 @@ struct Shared {
     encoding: Mutex<std::collections::HashMap<Uuid, Arc<std::sync::atomic::AtomicBool>>>,
     outgoing: mpsc::UnboundedSender<EventMessage>,
     metrics: WorkerMetrics,
+    slot_gauges: SlotStateGauges,
 }
 
 impl Shared {
@@ -128,28 +128,8 @@ impl Shared {
     }
 
     fn update_slot_gauges(&self) {
-        let rack = &self.config.rack_id;
-        let Some(counts) = self.with_directory(|d| {
-            [
-                SlotState::Empty,
-                SlotState::Present,
-                SlotState::Encoding,
-                SlotState::Faulted,
-                SlotState::Quarantined,
-            ]
-            .map(|s| (s, d.count(s)))
-        }) else {
-            return;
-        };
-        for (state, n) in counts {
-            let label = serde_json::to_value(state)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
-            self.metrics
-                .slots
-                .with_label_values(&[rack, &label])
-                .set(n as i64);
+        if let Some(states) = self.with_directory(|d| d.states()) {
+            self.slot_gauges.set(&states);
         }
     }
 }
@@ -162,11 +142,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel();
+    let slot_count = u16::try_from(rack.slots.len()).unwrap_or(u16::MAX);
+    let slot_gauges = metrics.for_rack(&config.rack_id, slot_count);
     let shared = Arc::new(Shared {
-        directory: Mutex::new(Directory::new(
-            u16::try_from(rack.slots.len()).unwrap_or(u16::MAX),
-            config.quarantine_after,
-        )),
+        directory: Mutex::new(Directory::new(slot_count, config.quarantine_after)),
         config,
         slots: rack.slots,
         changed: Notify::new(),
@@ -175,7 +154,9 @@ pub async fn run(
         encoding: Mutex::new(std::collections::HashMap::new()),
         outgoing,
         metrics,
+        slot_gauges,
     });
+    shared.update_slot_gauges();
     tokio::spawn(follow_rack(shared.clone(), rack.events));
     let mut attempt = 0u32;
     while !shutdown.is_cancelled() {
