@@ -3,6 +3,7 @@
 //! speaks the wire contract.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod prometheus;
 pub mod workers;
 
 use std::process::Command;

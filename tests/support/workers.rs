@@ -21,6 +21,8 @@ pub struct TestWorker {
     pub tray: OutputTray,
     /// Cards still waiting to be loaded; tests may add more.
     pub feed: CardFeed,
+    /// Where this worker serves `/metrics` (127.0.0.1).
+    pub metrics_port: u16,
 }
 
 impl TestWorker {
@@ -48,6 +50,14 @@ impl TestWorker {
         let shutdown = CancellationToken::new();
         let config = cardfleet_worker::app::runtime_config(&settings);
         let metrics = cardfleet_worker::metrics::WorkerMetrics::new();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let metrics_port = listener.local_addr().unwrap().port();
+        tokio::spawn(cardfleet_worker::app::serve_metrics(
+            tokio::net::TcpListener::from_std(listener).unwrap(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
         let task = tokio::spawn(cardfleet_worker::runtime::run(
             config,
             rack,
@@ -59,6 +69,7 @@ impl TestWorker {
             task,
             tray,
             feed,
+            metrics_port,
         }
     }
 
