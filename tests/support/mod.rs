@@ -212,21 +212,25 @@ impl TestApp {
 
     /// Imports `n` produced temporary cards with serials `{prefix}-CHIP-i`; returns their ids.
     pub async fn import_cards(&self, prefix: &str, n: usize) -> Vec<Uuid> {
-        let cards: Vec<Value> = (0..n)
-            .map(|i| {
-                json!({
-                    "card_number": format!("{prefix}-TC-{i:06}"),
-                    "chip_serial": format!("{prefix}-CHIP-{i:06}"),
-                    "card_type": "temporary",
-                    "profile": "temporary-piv"
+        // In chunks that stay under the default body limit.
+        for start in (0..n).step_by(20_000) {
+            let cards: Vec<Value> = (start..n.min(start + 20_000))
+                .map(|i| {
+                    json!({
+                        "card_number": format!("{prefix}-TC-{i:06}"),
+                        "chip_serial": format!("{prefix}-CHIP-{i:06}"),
+                        "card_type": "temporary",
+                        "profile": "temporary-piv"
+                    })
                 })
-            })
-            .collect();
-        let r = self
-            .post("/v1/cards/import", json!({ "cards": cards }))
-            .await;
-        assert_eq!(r.status, 200, "{}", r.body);
-        assert_eq!(r.body["imported"], n, "{}", r.body);
+                .collect();
+            let expected = cards.len();
+            let r = self
+                .post("/v1/cards/import", json!({ "cards": cards }))
+                .await;
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert_eq!(r.body["imported"], expected, "{}", r.body);
+        }
         let mut ids = Vec::with_capacity(n);
         let mut offset = 0;
         while ids.len() < n {
