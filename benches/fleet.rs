@@ -24,17 +24,6 @@ use serde_json::json;
 use support::workers::*;
 use support::*;
 
-async fn submit(app: &TestApp, n: usize) -> String {
-    let r = app
-        .post(
-            "/v1/initializations",
-            json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.body["batch_id"].as_str().unwrap().to_owned()
-}
-
 /// Pipelined request→result round trips through RabbitMQ: a publisher with
 /// confirms, an echo consumer, and a collector, like a job and its result.
 async fn raw_lapin_round_trips(url: &str, n: usize) -> f64 {
@@ -162,7 +151,7 @@ async fn throughput(n: u32) {
         ));
     }
     let start = Instant::now();
-    let batch = submit(&app, n as usize).await;
+    let batch = app.submit_all(n as usize).await;
     let status = wait_finished(&app, &batch, Duration::from_secs(3600)).await;
     let elapsed = start.elapsed().as_secs_f64();
     assert_eq!(status["counts"]["succeeded"], n, "{status}");
@@ -237,7 +226,7 @@ async fn utilization() {
     })
     .await;
     let start = Instant::now();
-    let batch = submit(&app, n as usize).await;
+    let batch = app.submit_all(n as usize).await;
     let status = wait_finished(&app, &batch, Duration::from_secs(3600)).await;
     let wall = start.elapsed().as_secs_f64();
     assert_eq!(status["counts"]["succeeded"], n, "{status}");
@@ -295,7 +284,7 @@ async fn worker_rss() {
         .env("CARDFLEET__LOG__FILTER", "warn")
         .spawn()
         .unwrap();
-    let batch = submit(&app, n as usize).await;
+    let batch = app.submit_all(n as usize).await;
     let status = wait_finished(&app, &batch, Duration::from_secs(3600)).await;
     let (rss, peak) = (rss_kib(child.id(), "VmRSS:"), rss_kib(child.id(), "VmHWM:"));
     let _ = child.kill();

@@ -38,35 +38,22 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Runs until `shutdown`, reconnecting to RabbitMQ and PostgreSQL as needed.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempt = 0;
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut attempt).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics
-                        .broker_reconnects
-                        .with_label_values(&["dispatcher"])
-                        .inc();
-                    tracing::warn!(error = %e, attempt, "dispatcher lost a connection; reconnecting");
-                    let delay = broker::backoff(attempt, self.reconnect_max);
-                    attempt += 1;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        tracing::info!("dispatcher stopped");
+        broker::run_reconnecting(
+            "dispatcher",
+            &self.metrics,
+            self.reconnect_max,
+            &shutdown,
+            || self.session(&shutdown),
+        )
+        .await;
     }
 
-    async fn session(&self, shutdown: &CancellationToken, attempt: &mut u32) -> anyhow::Result<()> {
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = broker::connect(&self.amqp_url, "cardfleet-dispatcher").await?;
         let channel = broker::confirm_channel(&conn).await?;
         broker::declare_topology(&channel).await?;
         let mut listener = PgListener::connect_with(self.store.pool()).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
-        *attempt = 0;
         tracing::info!("dispatcher connected");
         let mut declared: HashSet<String> = HashSet::new();
         loop {

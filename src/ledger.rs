@@ -52,29 +52,17 @@ const DEAD_PAYLOAD_MAX: usize = 64 * 1024;
 
 impl Ledger {
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut attempt = 0;
-        while !shutdown.is_cancelled() {
-            match self.session(&shutdown, &mut attempt).await {
-                Ok(()) => break,
-                Err(e) => {
-                    self.metrics
-                        .broker_reconnects
-                        .with_label_values(&["ledger"])
-                        .inc();
-                    tracing::warn!(error = %e, attempt, "ledger lost a connection; reconnecting");
-                    let delay = broker::backoff(attempt, self.reconnect_max);
-                    attempt += 1;
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-        tracing::info!("ledger stopped");
+        broker::run_reconnecting(
+            "ledger",
+            &self.metrics,
+            self.reconnect_max,
+            &shutdown,
+            || self.session(&shutdown),
+        )
+        .await;
     }
 
-    async fn session(&self, shutdown: &CancellationToken, attempt: &mut u32) -> anyhow::Result<()> {
+    async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
         let conn = broker::connect(&self.amqp_url, "cardfleet-ledger").await?;
         let publisher = broker::confirm_channel(&conn).await?;
         broker::declare_topology(&publisher).await?;
@@ -95,7 +83,6 @@ impl Ledger {
                 .await?;
             loops.push(self.consume(source, channel, consumer, &publisher, shutdown));
         }
-        *attempt = 0;
         tracing::info!("ledger connected");
         // One consumer failing ends the session; closing the connection hands
         // its unacked messages back to the broker for the next session.

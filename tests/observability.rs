@@ -102,17 +102,6 @@ fn card_values(serials: impl Iterator<Item = u32>) -> BTreeSet<String> {
         .collect()
 }
 
-async fn submit(app: &TestApp, n: usize) -> String {
-    let r = app
-        .post(
-            "/v1/initializations",
-            json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.body["batch_id"].as_str().unwrap().to_owned()
-}
-
 #[test]
 fn the_alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
     let rules = repo_path("deploy/prometheus/rules.yml");
@@ -205,7 +194,7 @@ async fn prometheus_scraping_a_fleet_through_a_batch_finds_a_series_for_every_da
         .publish(wire::RESULTS_EXCHANGE, wire::RESULTS_QUEUE, b"not json")
         .await;
 
-    let batch = submit(&app, serials.len()).await;
+    let batch = app.submit_all(serials.len()).await;
     let status = wait_finished(&app, &batch, WAIT).await;
     let failed = serials.iter().filter(|s| mute(s)).count();
     let succeeded = serials.len() - failed;

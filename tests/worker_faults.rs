@@ -16,17 +16,6 @@ use support::*;
 
 const WAIT: Duration = Duration::from_secs(120);
 
-async fn submit_all(app: &TestApp, n: usize) -> String {
-    let r = app
-        .post(
-            "/v1/initializations",
-            json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
-        )
-        .await;
-    assert_eq!(r.status, 202, "{}", r.body);
-    r.body["batch_id"].as_str().unwrap().to_owned()
-}
-
 async fn card(app: &TestApp, serial: u32) -> serde_json::Value {
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM cards WHERE chip_serial = $1")
         .bind(serial.to_string())
@@ -50,7 +39,7 @@ async fn a_card_pulled_mid_step_is_finished_when_it_is_back_with_the_same_creden
         })
         .collect();
     let worker = TestWorker::start(&app, "rack-p", 6, cards, &[]);
-    let batch = submit_all(&app, 6).await;
+    let batch = app.submit_all(6).await;
     let status = wait_finished(&app, &batch, WAIT).await;
     assert_eq!(status["counts"]["succeeded"], 6, "{status}");
     let detail = card(&app, 3).await;
@@ -91,7 +80,7 @@ async fn mute_chips_fail_with_a_reason_and_quarantine_the_slot_until_released() 
         vec![mute(1), mute(2), mute(3), SimCard::new(4)],
         &[("worker.quarantine_after", "3".into())],
     );
-    let batch = submit_all(&app, 4).await;
+    let batch = app.submit_all(4).await;
     let status = wait_finished(&app, &batch, WAIT).await;
     assert_eq!(status["counts"]["failed"], 4, "{status}");
     for serial in 1..=3 {
@@ -146,7 +135,7 @@ async fn a_chip_that_is_not_the_jobs_is_never_written() {
     let mut impostor = SimCard::new(8);
     impostor.faults.reported_serial = Some(7);
     let worker = TestWorker::start(&app, "rack-x", 1, vec![impostor], &[]);
-    let batch = submit_all(&app, 1).await;
+    let batch = app.submit_all(1).await;
     let status = wait_finished(&app, &batch, WAIT).await;
     assert_eq!(status["counts"]["failed"], 1, "{status}");
     let c = card(&app, 7).await;
@@ -201,7 +190,7 @@ async fn run_without_extensions(retries: &str) -> (TestApp, serde_json::Value) {
     let mut plain = SimCard::new(9);
     plain.options.extensions = false;
     let worker = TestWorker::start(&app, "rack-n", 1, vec![plain], &[]);
-    let batch = submit_all(&app, 1).await;
+    let batch = app.submit_all(1).await;
     wait_finished(&app, &batch, WAIT).await;
     worker.stop().await;
     let detail = card(&app, 9).await;
@@ -240,7 +229,7 @@ async fn a_pin_blocked_before_initialization_fails_the_card_for_good() {
         ..SimFaults::default()
     };
     let worker = TestWorker::start(&app, "rack-b", 1, vec![blocked], &[]);
-    let batch = submit_all(&app, 1).await;
+    let batch = app.submit_all(1).await;
     wait_finished(&app, &batch, WAIT).await;
     worker.stop().await;
     let c = card(&app, 11).await;

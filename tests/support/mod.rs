@@ -257,6 +257,18 @@ impl TestApp {
         ids
     }
 
+    /// Submits every produced temporary card, up to `n`; returns the batch id.
+    pub async fn submit_all(&self, n: usize) -> String {
+        let r = self
+            .post(
+                "/v1/initializations",
+                json!({ "filter": { "type": "temporary", "state": "produced", "limit": n } }),
+            )
+            .await;
+        assert_eq!(r.status, 202, "{}", r.body);
+        r.body["batch_id"].as_str().unwrap().to_owned()
+    }
+
     pub async fn enable(&self) {
         let r = self
             .put(
