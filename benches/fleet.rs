@@ -20,7 +20,6 @@ use cardfleet_worker::rack::simulated::SimCard;
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
-use serde_json::json;
 use support::workers::*;
 use support::*;
 
