@@ -170,7 +170,8 @@ async fn run_decoded(
         publish_result(shared, publisher, &job, Some(slot), report, 0, started_at).await?;
         return Ok(Verdict::Ack);
     }
-    publish(
+    // Sent now, confirmed before the ack: the card need not wait for it.
+    let started = start_publish(
         publisher,
         &ResultMessage::JobStarted(JobStarted {
             meta: Meta::now(),
@@ -246,6 +247,7 @@ async fn run_decoded(
         started_at,
     )
     .await?;
+    confirmed(started).await?;
     let verdict = shared.with_directory(|d| d.finished(slot, failed));
     if verdict == Some(SlotVerdict::Quarantined) {
         tracing::warn!(slot, "slot quarantined after failing cards in a row");
@@ -429,21 +431,38 @@ async fn publish_result(
 }
 
 async fn publish(publisher: &lapin::Channel, message: &ResultMessage) -> anyhow::Result<()> {
+    confirmed(start_publish(publisher, message).await?).await
+}
+
+/// Sends a message to the results exchange; await [`confirmed`] on the
+/// returned confirm before relying on it.
+async fn start_publish(
+    publisher: &lapin::Channel,
+    message: &ResultMessage,
+) -> anyhow::Result<lapin::PublisherConfirm> {
     let payload = serde_json::to_vec(message)?;
     let kind = match message {
         ResultMessage::JobStarted(_) => "job_started",
         ResultMessage::EncodeResult(_) => "encode_result",
     };
     let props = broker::properties(&message.meta().message_id.to_string(), kind);
-    if !broker::publish_confirmed(
-        publisher,
-        wire::RESULTS_EXCHANGE,
-        wire::RESULTS_QUEUE,
-        &payload,
-        props,
-    )
-    .await?
-    {
+    Ok(publisher
+        .basic_publish(
+            wire::RESULTS_EXCHANGE.into(),
+            wire::RESULTS_QUEUE.into(),
+            lapin::options::BasicPublishOptions {
+                mandatory: true,
+                ..Default::default()
+            },
+            &payload,
+            props,
+        )
+        .await?)
+}
+
+async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
+    let confirmation = confirm.await?;
+    if !confirmation.is_ack() || confirmation.take_message().is_some() {
         anyhow::bail!("broker did not confirm a result");
     }
     Ok(())

@@ -294,7 +294,16 @@ async fn session(
                 }
             }
             Some(event) = outgoing.recv() => {
-                if let Err(e) = publish_event(&publisher, &event).await {
+                // Everything pending goes out together, confirms awaited once:
+                // a busy rack produces two events per card.
+                let mut events = vec![event];
+                while events.len() < 1000 {
+                    match outgoing.try_recv() {
+                        Ok(e) => events.push(e),
+                        Err(_) => break,
+                    }
+                }
+                if let Err(e) = publish_events(&publisher, &events).await {
                     // Lost events are repaired by the next heartbeat's slot list.
                     break Err(e);
                 }
@@ -338,14 +347,39 @@ async fn session(
 }
 
 async fn publish_event(channel: &lapin::Channel, event: &EventMessage) -> anyhow::Result<()> {
-    let (key, kind) = match event {
-        EventMessage::SlotEvent(e) => (format!("slot.{}", e.kind.as_str()), "slot_event"),
-        EventMessage::WorkerHeartbeat(_) => ("heartbeat".to_owned(), "heartbeat"),
-    };
-    let payload = serde_json::to_vec(event)?;
-    let props = broker::properties(&event.meta().message_id.to_string(), kind);
-    if !broker::publish_confirmed(channel, wire::EVENTS_EXCHANGE, &key, &payload, props).await? {
-        anyhow::bail!("broker did not confirm an event");
+    publish_events(channel, std::slice::from_ref(event)).await
+}
+
+/// Publishes events in order with every publish in flight, then awaits the
+/// broker's confirms.
+async fn publish_events(channel: &lapin::Channel, events: &[EventMessage]) -> anyhow::Result<()> {
+    let mut confirms = Vec::with_capacity(events.len());
+    for event in events {
+        let (key, kind) = match event {
+            EventMessage::SlotEvent(e) => (format!("slot.{}", e.kind.as_str()), "slot_event"),
+            EventMessage::WorkerHeartbeat(_) => ("heartbeat".to_owned(), "heartbeat"),
+        };
+        let payload = serde_json::to_vec(event)?;
+        let props = broker::properties(&event.meta().message_id.to_string(), kind);
+        let confirm = channel
+            .basic_publish(
+                wire::EVENTS_EXCHANGE.into(),
+                key.as_str().into(),
+                lapin::options::BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                },
+                &payload,
+                props,
+            )
+            .await?;
+        confirms.push(confirm);
+    }
+    for confirm in futures_util::future::join_all(confirms).await {
+        let confirmation = confirm?;
+        if !confirmation.is_ack() || confirmation.take_message().is_some() {
+            anyhow::bail!("broker did not confirm an event");
+        }
     }
     Ok(())
 }
