@@ -19,6 +19,14 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     pub ledger: LedgerSettings,
     pub log: LogSettings,
+    /// The worker's sections: one configuration file or environment may
+    /// serve both programs (and standalone mode runs both in one process).
+    #[serde(default)]
+    pub worker: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub reader: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub simulated: serde::de::IgnoredAny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,6 +261,21 @@ mod tests {
             .to_string();
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn the_workers_sections_may_share_the_file() {
+        let dir = std::env::temp_dir().join(format!("cf-settings-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cardfleet.toml");
+        std::fs::write(
+            &file,
+            "[worker]\nrack_id = \"r\"\n[reader]\ntype = \"pcsc\"\n",
+        )
+        .unwrap();
+        let loaded = Settings::load_with(Some(&file), &keys());
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(loaded.is_ok(), "{:?}", loaded.err());
     }
 
     #[test]

@@ -15,6 +15,20 @@ pub struct WorkerSettings {
     pub amqp: AmqpSection,
     pub metrics: MetricsSection,
     pub log: LogSection,
+    /// The control plane's sections: one configuration file or environment
+    /// may serve both programs.
+    #[serde(default)]
+    pub database: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub http: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub credentials: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub profiles: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub dispatcher: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub ledger: serde::de::IgnoredAny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +104,9 @@ pub struct AmqpSection {
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
+    /// The control plane's gauge refresh; not used by workers.
+    #[serde(default)]
+    pub refresh_seconds: serde::de::IgnoredAny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +237,23 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("worker.rack_id"), "{err}");
+    }
+
+    #[test]
+    fn the_control_planes_sections_may_share_the_environment() {
+        let s = WorkerSettings::load(
+            None,
+            &[
+                ("database.url", "postgres://x".into()),
+                ("http.listen", "127.0.0.1:1".into()),
+                ("metrics.refresh_seconds", "5".into()),
+            ],
+        );
+        assert!(s.is_ok(), "{:?}", s.err());
+        let err = WorkerSettings::load(None, &[("wroker.rack_id", "r".into())])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("wroker"), "{err}");
     }
 
     #[test]
