@@ -117,3 +117,40 @@ async fn a_broker_restart_mid_dispatch_loses_no_job_and_duplicates_are_harmless(
         "a duplicate moved a job twice"
     );
 }
+
+#[tokio::test]
+#[ignore = "restarts the shared broker; scripts/test runs it alone"]
+async fn workers_reconnect_after_a_broker_restart_and_every_card_completes() {
+    use cardfleet_worker::rack::simulated::SimCard;
+    use support::workers::*;
+
+    let app = spawn_app().await;
+    let n = 400u32;
+    import_serials(&app, 1..=n).await;
+    app.enable().await;
+    let worker = TestWorker::start(
+        &app,
+        "rack-w",
+        8,
+        (1..=n).map(SimCard::new).collect(),
+        &[("simulated.latency_ms", "2".into())],
+    );
+    let batch = app.submit_all(n as usize).await;
+    eventually(Duration::from_secs(120), "encoding under way", || async {
+        count(&app, "SELECT count(*) FROM jobs WHERE state = 'succeeded'").await >= 20
+    })
+    .await;
+    rabbitmqctl(&["stop_app"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    rabbitmqctl(&["start_app"]);
+    rabbitmqctl(&["await_startup"]);
+    let done = count(&app, "SELECT count(*) FROM jobs WHERE state = 'succeeded'").await;
+    println!("broker restarted with {done} of {n} cards done");
+    assert!(
+        done < i64::from(n),
+        "the restart came too late to test anything"
+    );
+    let status = wait_finished(&app, &batch, Duration::from_secs(300)).await;
+    assert_eq!(status["counts"]["succeeded"], n, "{status}");
+    worker.stop().await;
+}

@@ -249,13 +249,24 @@ async fn prometheus_scraping_a_fleet_through_a_batch_finds_a_series_for_every_da
         assert_eq!(rule["health"], "ok", "{rule}");
     }
 
-    let mut empty = Vec::new();
+    // A rate needs two samples of a series: a series that appeared at the
+    // last scrape (a first failure, the last histogram buckets) gets a
+    // series one scrape later. Wait for that, up to a bound.
     let queries = dashboard_queries();
-    for (dashboard, panel, expr) in &queries {
-        let query = substitute(expr);
-        if prometheus.query(&query).await.is_empty() {
-            empty.push(format!("{dashboard} / {panel}: {query}"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut empty = Vec::new();
+    loop {
+        empty.clear();
+        for (dashboard, panel, expr) in &queries {
+            let query = substitute(expr);
+            if prometheus.query(&query).await.is_empty() {
+                empty.push(format!("{dashboard} / {panel}: {query}"));
+            }
         }
+        if empty.is_empty() || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(
         empty.is_empty(),
