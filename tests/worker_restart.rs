@@ -19,7 +19,17 @@ use support::*;
 const CARDS: u32 = 40;
 
 fn spawn_worker(amqp_url: &str, csv: &std::path::Path, state_dir: &std::path::Path) -> Child {
+    spawn_worker_with(amqp_url, csv, state_dir, &[])
+}
+
+fn spawn_worker_with(
+    amqp_url: &str,
+    csv: &std::path::Path,
+    state_dir: &std::path::Path,
+    extra: &[(&str, &str)],
+) -> Child {
     Command::new(std::env::current_exe().unwrap())
+        .envs(extra.iter().copied())
         .args([
             "--exact",
             "worker_child_process",
@@ -35,10 +45,20 @@ fn spawn_worker(amqp_url: &str, csv: &std::path::Path, state_dir: &std::path::Pa
         .env("CARDFLEET__READER__SLOTS", "8")
         .env("CARDFLEET__READER__LOAD_FROM", csv)
         .env("CARDFLEET__SIMULATED__STATE_DIR", state_dir)
-        .env("CARDFLEET__SIMULATED__LATENCY_MS", "10")
+        .env(
+            "CARDFLEET__SIMULATED__LATENCY_MS",
+            extra_or(extra, "CARDFLEET__SIMULATED__LATENCY_MS", "10"),
+        )
         .env("CARDFLEET__METRICS__LISTEN", "127.0.0.1:0")
         .spawn()
         .unwrap()
+}
+
+fn extra_or<'a>(extra: &[(&'a str, &'a str)], key: &str, default: &'a str) -> &'a str {
+    extra
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or(default, |(_, v)| *v)
 }
 
 /// Not a test of its own: the worker process of the test below. Run alone,
@@ -50,7 +70,8 @@ async fn worker_child_process() {
         return;
     }
     let settings = cardfleet_worker::settings::WorkerSettings::load(None, &[]).unwrap();
-    cardfleet_worker::app::run(settings, tokio_util::sync::CancellationToken::new())
+    // As the worker binary does: SIGTERM drains in-flight cards.
+    cardfleet_worker::app::run(settings, cardfleet_worker::app::cancel_on_signal())
         .await
         .unwrap();
 }
@@ -116,6 +137,121 @@ async fn a_worker_killed_mid_batch_finishes_every_card_after_a_restart() {
         assert!(
             !verify_pin(&mut chip, "123456"),
             "factory PIN still works on chip {s}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn count(app: &TestApp, state: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
+        .bind(state)
+        .fetch_one(app.store.pool())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn on_sigterm_a_worker_finishes_in_flight_cards_within_its_grace_and_never_acks_unfinished_ones()
+ {
+    let app = spawn_app().await;
+    let serials = 301..=316u32;
+    import_serials(&app, serials.clone()).await;
+    app.enable().await;
+    let dir = std::env::temp_dir().join(format!("cf-sigterm-{}", uuid::Uuid::new_v4()));
+    let state_dir = dir.join("cards");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let csv = dir.join("cards.csv");
+    let mut text = String::from("card_number,chip_serial,card_type,profile\n");
+    for s in serials.clone() {
+        text.push_str(&format!("TC-{s},{s},temporary,temporary-piv\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let batch = app.submit_all(16).await;
+
+    // Slow cards (about 1.5 s each) and a generous grace: the cards being
+    // encoded when SIGTERM arrives are finished and reported.
+    let mut worker = spawn_worker_with(
+        &app.vhost.url(),
+        &csv,
+        &state_dir,
+        &[
+            ("CARDFLEET__SIMULATED__LATENCY_MS", "40"),
+            ("CARDFLEET__WORKER__SHUTDOWN_GRACE_SECONDS", "30"),
+        ],
+    );
+    eventually(Duration::from_secs(60), "cards encoding", || async {
+        count(&app, "encoding").await > 0
+    })
+    .await;
+    sigterm(&worker);
+    let exit = worker.wait().unwrap();
+    assert!(exit.success(), "the worker did not stop cleanly: {exit}");
+    // Their results were confirmed before the worker exited; the ledger
+    // applies them moments later.
+    eventually(
+        Duration::from_secs(30),
+        "in-flight cards reported",
+        || async { count(&app, "encoding").await == 0 },
+    )
+    .await;
+    let finished = count(&app, "succeeded").await;
+    assert!(
+        finished > 0 && finished < 16,
+        "expected some but not all cards done, got {finished}"
+    );
+
+    // Very slow cards and a grace of one second: SIGTERM stops the worker
+    // before its cards finish, and their jobs stay on the broker.
+    let mut worker = spawn_worker_with(
+        &app.vhost.url(),
+        &csv,
+        &state_dir,
+        &[
+            ("CARDFLEET__SIMULATED__LATENCY_MS", "400"),
+            ("CARDFLEET__WORKER__SHUTDOWN_GRACE_SECONDS", "1"),
+        ],
+    );
+    eventually(Duration::from_secs(60), "cards encoding again", || async {
+        count(&app, "encoding").await > 0
+    })
+    .await;
+    let before = count(&app, "succeeded").await;
+    sigterm(&worker);
+    worker.wait().unwrap();
+    // Nothing more will come from this worker: give the ledger time to have
+    // applied anything in flight, then check nothing finished.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        count(&app, "succeeded").await,
+        before,
+        "a card finished that should have been cut off"
+    );
+    assert!(
+        count(&app, "encoding").await > 0,
+        "the cut-off cards should still be encoding"
+    );
+
+    // The next worker picks the unacked jobs up and completes every card.
+    let mut worker = spawn_worker(&app.vhost.url(), &csv, &state_dir);
+    let status = wait_finished(&app, &batch, Duration::from_secs(300)).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(status["counts"]["succeeded"], 16, "{status}");
+    for s in serials {
+        let store = StateStore::open(state_dir.join(s.to_string())).unwrap();
+        let mut chip = VirtualPivCard::from_state(store.load().unwrap().unwrap());
+        let pin = stored_pin(&app, &s.to_string()).await;
+        assert!(
+            verify_pin(&mut chip, &pin),
+            "stored PIN does not verify on chip {s}"
         );
     }
     let _ = std::fs::remove_dir_all(dir);

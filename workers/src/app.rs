@@ -126,3 +126,30 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
     runtime::run(runtime_config(&settings), rack, metrics, shutdown).await;
     Ok(())
 }
+
+/// A token cancelled on SIGTERM or Ctrl-C (call inside the runtime).
+pub fn cancel_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown requested; finishing in-flight cards");
+        cancel.cancel();
+    });
+    token
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

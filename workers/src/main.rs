@@ -154,13 +154,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime =
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             runtime.block_on(async move {
-                let shutdown = tokio_util::sync::CancellationToken::new();
-                let token = shutdown.clone();
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    tracing::info!("shutdown requested; finishing in-flight cards");
-                    token.cancel();
-                });
+                let shutdown = cardfleet_worker::app::cancel_on_signal();
                 cardfleet_worker::app::run(settings, shutdown).await
             })
         }
@@ -169,21 +163,6 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = args.into_config();
             run_virtual_card(&config, &AtomicBool::new(false))
                 .with_context(|| format!("virtual card on vpcd {}", config.vpcd_addr))
-        }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }
