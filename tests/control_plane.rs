@@ -17,6 +17,19 @@ use uuid::Uuid;
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// Waits until the ledger has recorded a rack's slot event.
+async fn wait_for_a_rack(app: &TestApp) {
+    eventually(WAIT, "card located", || async {
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_reported_the_card() {
     let app = spawn_app().await;
@@ -105,15 +118,7 @@ async fn a_result_delivered_three_times_moves_job_and_card_exactly_once() {
     worker
         .insert_cards("rack-r", &["R-CHIP-000000".into()])
         .await;
-    eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty()
-    })
-    .await;
+    wait_for_a_rack(&app).await;
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;
@@ -204,15 +209,7 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
     worker
         .insert_cards("rack-c", &["C-CHIP-000000".into()])
         .await;
-    eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty()
-    })
-    .await;
+    wait_for_a_rack(&app).await;
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;
@@ -369,15 +366,7 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
     worker
         .insert_cards("rack-g", &["G-CHIP-000000".into()])
         .await;
-    eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty()
-    })
-    .await;
+    wait_for_a_rack(&app).await;
     app.post("/v1/initializations", json!({ "card_ids": ids }))
         .await;
     let job = worker.take_jobs("rack-g", 1, WAIT).await.remove(0);
@@ -453,15 +442,7 @@ async fn the_event_stream_reports_transitions_and_then_that_the_batch_finished()
     worker
         .insert_cards("rack-s", &["S-CHIP-000000".into()])
         .await;
-    eventually(WAIT, "card located", || async {
-        !app.get("/v1/racks")
-            .await
-            .body
-            .as_array()
-            .unwrap()
-            .is_empty()
-    })
-    .await;
+    wait_for_a_rack(&app).await;
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;

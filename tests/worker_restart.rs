@@ -8,11 +8,11 @@
 
 mod support;
 
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
 use cardfleet_worker::piv::{StateStore, VirtualPivCard};
-use serde_json::json;
 use support::workers::*;
 use support::*;
 
@@ -76,11 +76,25 @@ async fn worker_child_process() {
         .unwrap();
 }
 
-async fn succeeded(app: &TestApp) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'succeeded'")
-        .fetch_one(app.store.pool())
-        .await
-        .unwrap()
+/// A production CSV of `serials` and a directory for their chips' state,
+/// under a fresh temporary directory: (directory, csv, state directory).
+fn card_files(name: &str, serials: impl Iterator<Item = u32>) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("cf-{name}-{}", uuid::Uuid::new_v4()));
+    let state_dir = dir.join("cards");
+    std::fs::create_dir_all(&state_dir).unwrap();
+    let csv = dir.join("cards.csv");
+    let mut text = String::from("card_number,chip_serial,card_type,profile\n");
+    for s in serials {
+        text.push_str(&format!("TC-{s},{s},temporary,temporary-piv\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    (dir, csv, state_dir)
+}
+
+/// The chip with `serial` as the simulated rack left it on disk.
+fn chip_on_disk(state_dir: &Path, serial: u32) -> VirtualPivCard {
+    let store = StateStore::open(state_dir.join(serial.to_string())).unwrap();
+    VirtualPivCard::from_state(store.load().unwrap().unwrap())
 }
 
 #[tokio::test]
@@ -89,31 +103,17 @@ async fn a_worker_killed_mid_batch_finishes_every_card_after_a_restart() {
     let serials = 201..=(200 + CARDS);
     import_serials(&app, serials.clone()).await;
     app.enable().await;
-    let dir = std::env::temp_dir().join(format!("cf-restart-{}", uuid::Uuid::new_v4()));
-    let state_dir = dir.join("cards");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let csv = dir.join("cards.csv");
-    let mut text = String::from("card_number,chip_serial,card_type,profile\n");
-    for s in serials.clone() {
-        text.push_str(&format!("TC-{s},{s},temporary,temporary-piv\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let (dir, csv, state_dir) = card_files("restart", serials.clone());
 
     let mut worker = spawn_worker(&app.vhost.url(), &csv, &state_dir);
-    let r = app
-        .post(
-            "/v1/initializations",
-            json!({ "filter": { "type": "temporary", "state": "produced", "limit": CARDS } }),
-        )
-        .await;
-    let batch = r.body["batch_id"].as_str().unwrap().to_owned();
+    let batch = app.submit_all(CARDS as usize).await;
     eventually(Duration::from_secs(120), "some cards done", || async {
-        succeeded(&app).await >= 5
+        count(&app, "succeeded").await >= 5
     })
     .await;
     worker.kill().unwrap();
     worker.wait().unwrap();
-    let at_kill = succeeded(&app).await;
+    let at_kill = count(&app, "succeeded").await;
     println!("worker killed with {at_kill} of {CARDS} cards done");
     assert!(
         at_kill < i64::from(CARDS),
@@ -127,8 +127,7 @@ async fn a_worker_killed_mid_batch_finishes_every_card_after_a_restart() {
     assert_eq!(status["counts"]["succeeded"], CARDS, "{status}");
 
     for s in serials {
-        let store = StateStore::open(state_dir.join(s.to_string())).unwrap();
-        let mut chip = VirtualPivCard::from_state(store.load().unwrap().unwrap());
+        let mut chip = chip_on_disk(&state_dir, s);
         let pin = stored_pin(&app, &s.to_string()).await;
         assert!(
             verify_pin(&mut chip, &pin),
@@ -165,15 +164,7 @@ async fn on_sigterm_a_worker_finishes_in_flight_cards_within_its_grace_and_never
     let serials = 301..=316u32;
     import_serials(&app, serials.clone()).await;
     app.enable().await;
-    let dir = std::env::temp_dir().join(format!("cf-sigterm-{}", uuid::Uuid::new_v4()));
-    let state_dir = dir.join("cards");
-    std::fs::create_dir_all(&state_dir).unwrap();
-    let csv = dir.join("cards.csv");
-    let mut text = String::from("card_number,chip_serial,card_type,profile\n");
-    for s in serials.clone() {
-        text.push_str(&format!("TC-{s},{s},temporary,temporary-piv\n"));
-    }
-    std::fs::write(&csv, text).unwrap();
+    let (dir, csv, state_dir) = card_files("sigterm", serials.clone());
     let batch = app.submit_all(16).await;
 
     // Slow cards (about 1.5 s each) and a generous grace: the cards being
@@ -246,8 +237,7 @@ async fn on_sigterm_a_worker_finishes_in_flight_cards_within_its_grace_and_never
     worker.wait().unwrap();
     assert_eq!(status["counts"]["succeeded"], 16, "{status}");
     for s in serials {
-        let store = StateStore::open(state_dir.join(s.to_string())).unwrap();
-        let mut chip = VirtualPivCard::from_state(store.load().unwrap().unwrap());
+        let mut chip = chip_on_disk(&state_dir, s);
         let pin = stored_pin(&app, &s.to_string()).await;
         assert!(
             verify_pin(&mut chip, &pin),
