@@ -59,7 +59,7 @@ fn durable() -> QueueDeclareOptions {
 }
 
 /// The exchanges of the topology: (name, type).
-const EXCHANGES: &[(&str, &str)] = &[
+pub(crate) const EXCHANGES: &[(&str, &str)] = &[
     (wire::JOBS_EXCHANGE, "direct"),
     (wire::RESULTS_EXCHANGE, "direct"),
     (wire::EVENTS_EXCHANGE, "topic"),
@@ -68,7 +68,7 @@ const EXCHANGES: &[(&str, &str)] = &[
 ];
 
 /// Fixed queues: (queue, exchange, routing key).
-const QUEUES: &[(&str, &str, &str)] = &[
+pub(crate) const QUEUES: &[(&str, &str, &str)] = &[
     (
         wire::RESULTS_QUEUE,
         wire::RESULTS_EXCHANGE,

@@ -4,6 +4,8 @@
 
 #[cfg(feature = "amqp")]
 pub mod amqp;
+#[cfg(feature = "amqp")]
+pub mod bus;
 pub mod messages;
 pub mod profile;
 pub mod schema_files;
