@@ -5,13 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use cardfleet_schemas::amqp as broker;
+use cardfleet_schemas::bus::{Confirm, Delivery, Props, Publisher};
 use cardfleet_schemas::{
     self as wire, CardSecrets, EncodeResult, Failure, InitializeJob, JobStarted, Meta, Outcome,
     ResultMessage, SecretScheme, SlotEventKind,
 };
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -22,7 +20,7 @@ use crate::rack::{SlotCommand, SlotJob};
 
 pub(super) async fn handle(
     shared: Arc<Shared>,
-    publisher: lapin::Channel,
+    publisher: Publisher,
     delivery: Delivery,
     shutdown: CancellationToken,
 ) {
@@ -41,22 +39,17 @@ enum Verdict {
 
 async fn process(
     shared: &Arc<Shared>,
-    publisher: &lapin::Channel,
+    publisher: &Publisher,
     delivery: &Delivery,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let verdict = run_job(shared, publisher, delivery, shutdown).await?;
     match verdict {
         Verdict::Ack => {
-            delivery.ack(BasicAckOptions::default()).await?;
+            delivery.ack().await?;
         }
         Verdict::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..BasicNackOptions::default()
-                })
-                .await?;
+            delivery.requeue().await?;
         }
     }
     Ok(())
@@ -93,12 +86,12 @@ fn open_secrets(job: &InitializeJob) -> Result<CardSecrets, String> {
 
 async fn run_job(
     shared: &Arc<Shared>,
-    publisher: &lapin::Channel,
+    publisher: &Publisher,
     delivery: &Delivery,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Verdict> {
     let config = &shared.config;
-    let job = match decode(&delivery.data) {
+    let job = match decode(delivery.data()) {
         Ok(job) => job,
         Err(reason) => {
             dead_letter(publisher, delivery, &config.rack_id, &reason).await?;
@@ -113,7 +106,7 @@ async fn run_job(
 
 async fn run_decoded(
     shared: &Arc<Shared>,
-    publisher: &lapin::Channel,
+    publisher: &Publisher,
     delivery: &Delivery,
     shutdown: &CancellationToken,
     job: InitializeJob,
@@ -134,7 +127,7 @@ async fn run_decoded(
         .lock()
         .map(|mut t| t.insert(job.job_id))
         .unwrap_or(true);
-    if !first_time && !delivery.redelivered {
+    if !first_time && !delivery.redelivered() {
         // The same job twice on the wire while we hold it: the first copy answers.
         tracing::debug!("duplicate job delivery acknowledged");
         return Ok(Verdict::Ack);
@@ -376,7 +369,7 @@ fn cancelled() -> EncodeReport {
 
 async fn publish_result(
     shared: &Shared,
-    publisher: &lapin::Channel,
+    publisher: &Publisher,
     job: &InitializeJob,
     slot: Option<u16>,
     report: EncodeReport,
@@ -430,58 +423,49 @@ async fn publish_result(
     publish(publisher, &message).await
 }
 
-async fn publish(publisher: &lapin::Channel, message: &ResultMessage) -> anyhow::Result<()> {
+async fn publish(publisher: &Publisher, message: &ResultMessage) -> anyhow::Result<()> {
     confirmed(start_publish(publisher, message).await?).await
 }
 
 /// Sends a message to the results exchange; await [`confirmed`] on the
 /// returned confirm before relying on it.
-async fn start_publish(
-    publisher: &lapin::Channel,
-    message: &ResultMessage,
-) -> anyhow::Result<lapin::PublisherConfirm> {
+async fn start_publish(publisher: &Publisher, message: &ResultMessage) -> anyhow::Result<Confirm> {
     let payload = serde_json::to_vec(message)?;
     let kind = match message {
         ResultMessage::JobStarted(_) => "job_started",
         ResultMessage::EncodeResult(_) => "encode_result",
     };
-    let props = broker::properties(&message.meta().message_id.to_string(), kind);
+    let props = Props::new(&message.meta().message_id.to_string(), kind);
     Ok(publisher
-        .basic_publish(
-            wire::RESULTS_EXCHANGE.into(),
-            wire::RESULTS_QUEUE.into(),
-            lapin::options::BasicPublishOptions {
-                mandatory: true,
-                ..Default::default()
-            },
+        .publish(
+            wire::RESULTS_EXCHANGE,
+            wire::RESULTS_QUEUE,
             &payload,
-            props,
+            &props,
+            true,
         )
         .await?)
 }
 
-async fn confirmed(confirm: lapin::PublisherConfirm) -> anyhow::Result<()> {
-    let confirmation = confirm.await?;
-    if !confirmation.is_ack() || confirmation.take_message().is_some() {
+async fn confirmed(confirm: Confirm) -> anyhow::Result<()> {
+    if !confirm.confirmed().await? {
         anyhow::bail!("broker did not confirm a result");
     }
     Ok(())
 }
 
 async fn dead_letter(
-    publisher: &lapin::Channel,
+    publisher: &Publisher,
     delivery: &Delivery,
     rack: &str,
     reason: &str,
 ) -> anyhow::Result<()> {
     tracing::warn!(%reason, "dead-lettering a job message");
-    let message_id = delivery
-        .properties
-        .message_id()
-        .as_ref()
-        .map(|s| s.as_str());
-    let props = broker::dead_letter_properties(message_id, &wire::rack_queue(rack), reason);
-    if !broker::publish_confirmed(publisher, wire::DEAD_EXCHANGE, "", &delivery.data, props).await?
+    let message_id = delivery.message_id();
+    let props = Props::dead_letter(message_id.as_deref(), &wire::rack_queue(rack), reason);
+    if !publisher
+        .publish_confirmed(wire::DEAD_EXCHANGE, "", delivery.data(), &props)
+        .await?
     {
         anyhow::bail!("broker did not confirm a dead letter");
     }

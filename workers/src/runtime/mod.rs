@@ -12,14 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cardfleet_schemas::amqp as broker;
+use cardfleet_schemas::bus::{Bus, Props, Publisher};
 use cardfleet_schemas::{
     self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, WorkerHeartbeat,
 };
-use futures_util::StreamExt;
-use lapin::options::{
-    BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions,
-};
-use lapin::types::FieldTable;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -34,7 +30,8 @@ use crate::rack::{Rack, RackEvent, SlotCommand};
 pub struct RuntimeConfig {
     pub rack_id: String,
     pub worker_id: String,
-    pub amqp_url: String,
+    /// RabbitMQ, or the in-process bus of standalone mode.
+    pub bus: Bus,
     pub delivery_limit: u32,
     pub max_attempts: u32,
     pub retry_backoff: Duration,
@@ -210,62 +207,23 @@ async fn session(
     attempt: &mut u32,
 ) -> anyhow::Result<()> {
     let config = &shared.config;
-    let conn = broker::connect(
-        &config.amqp_url,
-        &format!("cardfleet-worker-{}", config.worker_id),
-    )
-    .await?;
-    let publisher = broker::confirm_channel(&conn).await?;
-    broker::declare_topology(&publisher).await?;
-    broker::declare_rack_queue(&publisher, &config.rack_id, config.delivery_limit).await?;
+    let conn = config
+        .bus
+        .connect(&format!("cardfleet-worker-{}", config.worker_id))
+        .await?;
+    let publisher = conn.publisher().await?;
+    publisher.declare_topology().await?;
+    publisher
+        .declare_rack_queue(&config.rack_id, config.delivery_limit)
+        .await?;
 
     // Cancellations and releases: an exclusive queue of our own on the fanout.
-    let control = conn.create_channel().await?;
-    let queue = control
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    control
-        .queue_bind(
-            queue.name().clone(),
-            wire::CONTROL_EXCHANGE.into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut control_consumer = control
-        .basic_consume(
-            queue.name().clone(),
-            "control".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..BasicConsumeOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
+    let mut control_consumer = conn.subscribe(wire::CONTROL_EXCHANGE, "control").await?;
 
-    let jobs_channel = conn.create_channel().await?;
     let prefetch = u16::try_from(shared.slots.len().max(1)).unwrap_or(u16::MAX);
-    jobs_channel
-        .basic_qos(prefetch, BasicQosOptions::default())
-        .await?;
     let consumer_tag = format!("worker-{}", config.worker_id);
-    let mut jobs = jobs_channel
-        .basic_consume(
-            wire::rack_queue(&config.rack_id).as_str().into(),
-            consumer_tag.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
+    let mut jobs = conn
+        .consume(&wire::rack_queue(&config.rack_id), prefetch, &consumer_tag)
         .await?;
     *attempt = 0;
     tracing::info!(rack.id = %config.rack_id, slots = shared.slots.len(), "worker connected");
@@ -288,7 +246,7 @@ async fn session(
             }
             message = control_consumer.next() => {
                 match message {
-                    Some(Ok(d)) => on_control(shared, &d.data),
+                    Some(Ok(d)) => on_control(shared, d.data()),
                     Some(Err(e)) => break Err(e.into()),
                     None => break Err(anyhow::anyhow!("control consumer closed")),
                 }
@@ -320,9 +278,7 @@ async fn session(
     };
 
     // Stop taking jobs; let the cards being encoded finish within the bound.
-    let _ = jobs_channel
-        .basic_cancel(consumer_tag.as_str().into(), BasicCancelOptions::default())
-        .await;
+    jobs.cancel().await;
     if !tasks.is_empty() {
         tracing::info!(in_flight = tasks.len(), "waiting for in-flight cards");
         let drained = tokio::time::timeout(config.shutdown_grace, async {
@@ -342,17 +298,19 @@ async fn session(
             break;
         }
     }
-    let _ = conn.close(200, "shutdown".into()).await;
+    // In-flight deliveries settled; dropping the consumer hands back the rest.
+    drop(jobs);
+    conn.close().await;
     stop
 }
 
-async fn publish_event(channel: &lapin::Channel, event: &EventMessage) -> anyhow::Result<()> {
+async fn publish_event(channel: &Publisher, event: &EventMessage) -> anyhow::Result<()> {
     publish_events(channel, std::slice::from_ref(event)).await
 }
 
 /// Publishes events in order with every publish in flight, then awaits the
 /// broker's confirms.
-async fn publish_events(channel: &lapin::Channel, events: &[EventMessage]) -> anyhow::Result<()> {
+async fn publish_events(channel: &Publisher, events: &[EventMessage]) -> anyhow::Result<()> {
     let mut confirms = Vec::with_capacity(events.len());
     for event in events {
         let (key, kind) = match event {
@@ -360,24 +318,14 @@ async fn publish_events(channel: &lapin::Channel, events: &[EventMessage]) -> an
             EventMessage::WorkerHeartbeat(_) => ("heartbeat".to_owned(), "heartbeat"),
         };
         let payload = serde_json::to_vec(event)?;
-        let props = broker::properties(&event.meta().message_id.to_string(), kind);
+        let props = Props::new(&event.meta().message_id.to_string(), kind);
         let confirm = channel
-            .basic_publish(
-                wire::EVENTS_EXCHANGE.into(),
-                key.as_str().into(),
-                lapin::options::BasicPublishOptions {
-                    mandatory: true,
-                    ..Default::default()
-                },
-                &payload,
-                props,
-            )
+            .publish(wire::EVENTS_EXCHANGE, &key, &payload, &props, true)
             .await?;
-        confirms.push(confirm);
+        confirms.push(confirm.confirmed());
     }
-    for confirm in futures_util::future::join_all(confirms).await {
-        let confirmation = confirm?;
-        if !confirmation.is_ack() || confirmation.take_message().is_some() {
+    for confirmed in futures_util::future::join_all(confirms).await {
+        if !confirmed? {
             anyhow::bail!("broker did not confirm an event");
         }
     }
