@@ -97,7 +97,9 @@ pub enum Bus {
 impl Bus {
     pub async fn connect(&self, name: &str) -> Result<Connection, BusError> {
         match self {
-            Bus::Amqp(url) => Ok(Connection::Amqp(rabbit::connect(url, name).await?)),
+            Bus::Amqp(url) => Ok(Connection::Amqp(Box::new(
+                rabbit::connect(url, name).await?,
+            ))),
             Bus::Memory(bus) => Ok(Connection::Memory(bus.clone())),
         }
     }
@@ -119,7 +121,7 @@ impl Bus {
 /// A connection; closing (or losing) it hands back what its consumers held.
 #[derive(Debug)]
 pub enum Connection {
-    Amqp(lapin::Connection),
+    Amqp(Box<lapin::Connection>),
     Memory(MemoryBus),
 }
 
@@ -153,11 +155,11 @@ impl Connection {
                         FieldTable::default(),
                     )
                     .await?;
-                Ok(Consumer::Amqp {
+                Ok(Consumer::Amqp(Box::new(AmqpConsumer {
                     channel,
                     consumer,
                     tag: tag.to_owned(),
-                })
+                })))
             }
             Connection::Memory(bus) => Ok(Consumer::Memory(bus.consume(queue, prefetch)?)),
         }
@@ -200,11 +202,11 @@ impl Connection {
                         FieldTable::default(),
                     )
                     .await?;
-                Ok(Consumer::Amqp {
+                Ok(Consumer::Amqp(Box::new(AmqpConsumer {
                     channel,
                     consumer,
                     tag: tag.to_owned(),
-                })
+                })))
             }
             Connection::Memory(bus) => Ok(Consumer::Memory(bus.subscribe(exchange)?)),
         }
@@ -317,14 +319,18 @@ impl Confirm {
     }
 }
 
+/// A RabbitMQ consumer and the channel it acks on.
+#[derive(Debug)]
+pub struct AmqpConsumer {
+    channel: lapin::Channel,
+    consumer: lapin::Consumer,
+    tag: String,
+}
+
 /// A stream of deliveries from one queue.
 #[derive(Debug)]
 pub enum Consumer {
-    Amqp {
-        channel: lapin::Channel,
-        consumer: lapin::Consumer,
-        tag: String,
-    },
+    Amqp(Box<AmqpConsumer>),
     Memory(MemoryConsumer),
 }
 
@@ -332,8 +338,8 @@ impl Consumer {
     /// The next delivery; `None` when the consumer was closed.
     pub async fn next(&mut self) -> Option<Result<Delivery, BusError>> {
         match self {
-            Consumer::Amqp { consumer, .. } => Some(
-                consumer
+            Consumer::Amqp(c) => Some(
+                c.consumer
                     .next()
                     .await?
                     .map(|d| Delivery::Amqp(Box::new(d)))
@@ -346,7 +352,8 @@ impl Consumer {
     /// Acks `last` and everything delivered before it on this consumer.
     pub async fn ack_through(&self, last: &Delivery) -> Result<(), BusError> {
         match (self, last) {
-            (Consumer::Amqp { channel, .. }, Delivery::Amqp(d)) => Ok(channel
+            (Consumer::Amqp(c), Delivery::Amqp(d)) => Ok(c
+                .channel
                 .basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
                 .await?),
             (_, Delivery::Memory(d)) => d.ack_through(),
@@ -358,9 +365,10 @@ impl Consumer {
 
     /// Stops deliveries; unsettled ones may still be acked.
     pub async fn cancel(&self) {
-        if let Consumer::Amqp { channel, tag, .. } = self {
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+        if let Consumer::Amqp(c) = self {
+            let _ = c
+                .channel
+                .basic_cancel(c.tag.as_str().into(), BasicCancelOptions::default())
                 .await;
         }
     }
