@@ -87,6 +87,7 @@ pub struct WorkerMetrics {
     pub slot_cards: IntCounterVec,
     pub slot_failures: IntCounterVec,
     pub quarantines: IntCounterVec,
+    pub cards_retried: IntCounterVec,
     pub encode_seconds: HistogramVec,
     pub step_seconds: HistogramVec,
     pub status_words: IntCounterVec,
@@ -177,6 +178,12 @@ impl WorkerMetrics {
                 &r,
                 "cardfleet_worker_quarantines_total",
                 "Slots quarantined after failing cards in a row",
+                &["rack"],
+            ),
+            cards_retried: counter(
+                &r,
+                "cardfleet_worker_cards_retried_total",
+                "Cards that needed more than one attempt (a recoverable fault, e.g. pulled mid-step)",
                 &["rack"],
             ),
             encode_seconds: histogram(

@@ -223,6 +223,13 @@ async fn run_decoded(
     if let Ok(mut flags) = shared.encoding.lock() {
         flags.remove(&job.job_id);
     }
+    if attempts > 1 {
+        shared
+            .metrics
+            .cards_retried
+            .with_label_values(&[&config.rack_id])
+            .inc();
+    }
     shared
         .metrics
         .encode_seconds
