@@ -181,7 +181,7 @@ async fn print_stage_latencies(app: &TestApp) {
          SELECT action, (percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM at - prev)) * 1000)::float8
          FROM t WHERE prev IS NOT NULL GROUP BY action ORDER BY action",
     )
-    .fetch_all(app.store.pool())
+    .fetch_all(app.store.postgres_pool().expect("PostgreSQL store"))
     .await
     .unwrap();
     let stages: Vec<String> = rows
@@ -223,7 +223,7 @@ async fn utilization() {
     // Wait for every slot to hold a card, as an operator would have loaded them.
     eventually(Duration::from_secs(120), "all slots loaded", || async {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM slot_locations")
-            .fetch_one(app.store.pool())
+            .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
             .await
             .unwrap();
         n >= i64::from(workers) * i64::from(slots)
@@ -238,7 +238,7 @@ async fn utilization() {
         "SELECT sum(extract(epoch FROM (f.at - s.at)))::float8 FROM audit s JOIN audit f ON f.job_id = s.job_id
          WHERE s.action = 'job.started' AND f.action = 'job.finished'",
     )
-    .fetch_one(app.store.pool())
+    .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
     .await
     .unwrap();
     let total_slots = f64::from(workers) * f64::from(slots);

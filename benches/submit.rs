@@ -15,7 +15,7 @@ use support::*;
 
 async fn dispatched(app: &TestApp) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'dispatched'")
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap()
 }
@@ -46,7 +46,7 @@ async fn run(n: usize) {
         )
         .bind(&serials)
         .bind(rack)
-        .execute(app.store.pool())
+        .execute(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap();
         cardfleet::broker::declare_rack_queue(&worker.channel, rack, 5)

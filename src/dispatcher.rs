@@ -11,15 +11,14 @@ use base64::Engine;
 use cardfleet_schemas::{self as wire, CardProfile, CardSecrets, InitializeJob, JobSecrets, Meta};
 use futures_util::future::join_all;
 use lapin::options::BasicPublishOptions;
-use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
 use crate::credentials::{CredentialCipher, MasterKey};
 use crate::metrics::Metrics;
+use crate::store::Store;
 use crate::store::dispatch::OutboxJob;
 use crate::store::initialize::credential_context;
-use crate::store::{OUTBOX_CHANNEL, Store};
 
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -52,8 +51,7 @@ impl Dispatcher {
         let conn = broker::connect(&self.amqp_url, "cardfleet-dispatcher").await?;
         let channel = broker::confirm_channel(&conn).await?;
         broker::declare_topology(&channel).await?;
-        let mut listener = PgListener::connect_with(self.store.pool()).await?;
-        listener.listen(OUTBOX_CHANNEL).await?;
+        let mut listener = self.store.outbox_listener().await?;
         tracing::info!("dispatcher connected");
         let mut declared: HashSet<String> = HashSet::new();
         loop {

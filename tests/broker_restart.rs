@@ -18,7 +18,7 @@ const CARDS: usize = 5000;
 
 async fn count(app: &TestApp, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql)
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap()
 }

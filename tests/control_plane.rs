@@ -151,13 +151,13 @@ async fn a_result_delivered_three_times_moves_job_and_card_exactly_once() {
         "SELECT count(*) FROM audit WHERE job_id = $1 AND action = 'job.finished'",
     )
     .bind(job.job_id)
-    .fetch_one(app.store.pool())
+    .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
     .await
     .unwrap();
     assert_eq!(finished, 1);
     let status: String = sqlx::query_scalar("SELECT status FROM credentials WHERE job_id = $1")
         .bind(job.job_id)
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap();
     assert_eq!(status, "active");

@@ -44,7 +44,7 @@ async fn two_workers_with_16_simulated_slots_each_encode_a_2000_card_batch() {
 
     let unassigned: i64 =
         sqlx::query_scalar("SELECT count(*) FROM cards WHERE state = 'unassigned'")
-            .fetch_one(app.store.pool())
+            .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
             .await
             .unwrap();
     assert_eq!(unassigned, 2000);

@@ -76,7 +76,7 @@ async fn stored(app: &TestApp, chip_serial: &str, field: &str) -> String {
     let (job_id, key_id, nonce, ct): (Uuid, String, Vec<u8>, Vec<u8>) =
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(chip_serial)
-            .fetch_one(app.store.pool())
+            .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
             .await
             .unwrap();
     let cipher = CredentialCipher::from_hex("k1", ENCRYPTION_KEY).unwrap();

@@ -19,7 +19,7 @@ const WAIT: Duration = Duration::from_secs(120);
 async fn card(app: &TestApp, serial: u32) -> serde_json::Value {
     let id: uuid::Uuid = sqlx::query_scalar("SELECT id FROM cards WHERE chip_serial = $1")
         .bind(serial.to_string())
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap();
     app.get(&format!("/v1/cards/{id}")).await.body

@@ -152,7 +152,7 @@ fn sigterm(child: &Child) {
 async fn count(app: &TestApp, state: &str) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = $1")
         .bind(state)
-        .fetch_one(app.store.pool())
+        .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
         .await
         .unwrap()
 }

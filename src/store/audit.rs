@@ -1,19 +1,19 @@
-//! Audit rows, collected per transaction and inserted with one statement.
+//! Audit rows, collected per transaction; each backend inserts them with one
+//! statement (see `postgres::audit` and `sqlite::audit`).
 
-use sqlx::{Postgres, Transaction};
 use uuid::Uuid;
 
-/// Audit rows of one transaction, as column arrays for UNNEST.
+/// Audit rows of one transaction, as column arrays.
 #[derive(Debug, Default)]
 pub struct AuditRows {
-    action: Vec<&'static str>,
-    card_id: Vec<Option<Uuid>>,
-    job_id: Vec<Option<Uuid>>,
-    batch_id: Vec<Option<Uuid>>,
-    from_state: Vec<Option<&'static str>>,
-    to_state: Vec<Option<&'static str>>,
-    card_state: Vec<Option<&'static str>>,
-    detail: Vec<Option<serde_json::Value>>,
+    pub(super) action: Vec<&'static str>,
+    pub(super) card_id: Vec<Option<Uuid>>,
+    pub(super) job_id: Vec<Option<Uuid>>,
+    pub(super) batch_id: Vec<Option<Uuid>>,
+    pub(super) from_state: Vec<Option<&'static str>>,
+    pub(super) to_state: Vec<Option<&'static str>>,
+    pub(super) card_state: Vec<Option<&'static str>>,
+    pub(super) detail: Vec<Option<serde_json::Value>>,
 }
 
 /// One job transition for [`AuditRows::push_job`].
@@ -73,27 +73,5 @@ impl AuditRows {
         self.to_state.push(None);
         self.card_state.push(None);
         self.detail.push(Some(detail));
-    }
-
-    pub async fn insert(self, tx: &mut Transaction<'_, Postgres>, actor: &str) -> sqlx::Result<()> {
-        if self.is_empty() {
-            return Ok(());
-        }
-        sqlx::query(
-            "INSERT INTO audit (actor, action, card_id, job_id, batch_id, from_state, to_state, card_state, detail)
-             SELECT $1, * FROM UNNEST($2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::text[], $9::jsonb[])",
-        )
-        .bind(actor)
-        .bind(&self.action)
-        .bind(&self.card_id)
-        .bind(&self.job_id)
-        .bind(&self.batch_id)
-        .bind(&self.from_state)
-        .bind(&self.to_state)
-        .bind(&self.card_state)
-        .bind(&self.detail)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }

@@ -1,9 +1,7 @@
 //! The few cheap reads behind the control plane's gauges: live jobs per
 //! state, outbox lag, each rack's last heartbeat and the stored dead letters.
 
-use sqlx::Row;
-
-use super::{Result, Store};
+use super::{Result, Store, on_backend};
 
 /// Most racks the gauges report, so a flood of rack ids cannot blow up the
 /// `rack` label; a real fleet has a few dozen.
@@ -22,42 +20,9 @@ pub struct FleetSnapshot {
 }
 
 impl Store {
-    /// Reads the snapshot. Every query stays off the bulk of `jobs`: the live
-    /// states are counted through the partial index `jobs_one_live_per_card`,
-    /// which holds only live jobs, and the outbox is read at its head.
+    /// Reads the snapshot with a few cheap queries that stay off the bulk of
+    /// `jobs` (live jobs are counted through an index holding only them).
     pub async fn fleet_snapshot(&self) -> Result<FleetSnapshot> {
-        let live_jobs: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT state, count(*) FROM jobs
-             WHERE state IN ('queued', 'awaiting_card', 'dispatched', 'encoding')
-             GROUP BY state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        let outbox_lag_seconds: Option<f64> = sqlx::query_scalar(
-            "SELECT GREATEST(EXTRACT(EPOCH FROM now() - created_at), 0)::float8
-             FROM outbox ORDER BY id LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await?;
-        let racks = sqlx::query(
-            "SELECT rack_id,
-                    GREATEST(EXTRACT(EPOCH FROM now() - last_heartbeat), 0)::float8 AS age
-             FROM racks ORDER BY rack_id LIMIT $1",
-        )
-        .bind(MAX_RACKS)
-        .fetch_all(&self.pool)
-        .await?
-        .into_iter()
-        .map(|r| Ok((r.try_get("rack_id")?, r.try_get("age")?)))
-        .collect::<Result<Vec<_>>>()?;
-        let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(FleetSnapshot {
-            live_jobs,
-            outbox_lag_seconds: outbox_lag_seconds.unwrap_or(0.0),
-            racks,
-            dead_letters,
-        })
+        on_backend!(self, s => s.fleet_snapshot().await)
     }
 }

@@ -6,12 +6,11 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use cardfleet_schemas::{Cancellation, CardProfile, ControlMessage, Meta};
 use serde::Serialize;
-use sqlx::Row;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::audit::JobTransition;
-use super::{AuditRows, INITIALIZE_PROCESS, OUTBOX_CHANNEL, Result, Store, StoreError};
+use super::{AuditRows, Result, Store, on_backend};
 use crate::credentials::{self, CredentialCipher};
 use crate::domain::{CardState, JobState};
 
@@ -69,157 +68,7 @@ impl Store {
         cipher: &CredentialCipher,
         actor: &str,
     ) -> Result<InitializeOutcome> {
-        let mut tx = self.pool.begin().await?;
-        // FOR SHARE: a concurrent disable waits for this request to finish.
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1 FOR SHARE")
-                .bind(INITIALIZE_PROCESS)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if enabled != Some(true) {
-            return Err(StoreError::ProcessDisabled(INITIALIZE_PROCESS.into()));
-        }
-
-        let (requested, rows) = match &selection {
-            Selection::Ids(ids) => {
-                let mut seen = HashSet::new();
-                let unique: Vec<Uuid> = ids.iter().copied().filter(|id| seen.insert(*id)).collect();
-                let rows = sqlx::query(
-                    "SELECT id, state, profile, chip_serial FROM cards
-                     WHERE id = ANY($1) ORDER BY id FOR UPDATE",
-                )
-                .bind(&unique)
-                .fetch_all(&mut *tx)
-                .await?;
-                (unique, rows)
-            }
-            Selection::Filter { card_type, limit } => {
-                let rows = sqlx::query(
-                    "SELECT id, state, profile, chip_serial FROM cards
-                     WHERE card_type = $1 AND state = 'produced'
-                     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
-                )
-                .bind(card_type)
-                .bind(*limit)
-                .fetch_all(&mut *tx)
-                .await?;
-                let ids = rows
-                    .iter()
-                    .map(|r| r.try_get("id"))
-                    .collect::<sqlx::Result<Vec<Uuid>>>()?;
-                (ids, rows)
-            }
-        };
-
-        let mut found: HashMap<Uuid, (String, String, String)> = HashMap::with_capacity(rows.len());
-        for r in &rows {
-            found.insert(
-                r.try_get("id")?,
-                (
-                    r.try_get("state")?,
-                    r.try_get("profile")?,
-                    r.try_get("chip_serial")?,
-                ),
-            );
-        }
-        let serials: Vec<&str> = found.values().map(|(_, _, s)| s.as_str()).collect();
-        let locations: HashMap<String, String> = sqlx::query_as(
-            "SELECT chip_serial, rack_id FROM slot_locations WHERE chip_serial = ANY($1)",
-        )
-        .bind(&serials)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-
-        let batch_id = Uuid::now_v7();
-        let mut accepted = Vec::new();
-        let mut rejected = Vec::new();
-        let mut jobs = JobColumns::default();
-        // thread_rng is not Send: its scope must not include an await.
-        {
-            let mut rng = rand::thread_rng();
-            for card_id in &requested {
-                let Some((state, profile_name, serial)) = found.get(card_id) else {
-                    rejected.push(CardRejection {
-                        card_id: *card_id,
-                        code: "unknown_card",
-                        message: "no card with this id is in stock".into(),
-                        state: None,
-                    });
-                    continue;
-                };
-                let state = CardState::parse(state).unwrap_or(CardState::Failed);
-                if !state.can_become(CardState::Initializing) {
-                    rejected.push(CardRejection {
-                        card_id: *card_id,
-                        code: "wrong_state",
-                        message: format!("card is {state}; only produced cards can be initialized"),
-                        state: Some(state),
-                    });
-                    continue;
-                }
-                let Some(profile) = profiles.get(profile_name) else {
-                    rejected.push(CardRejection {
-                        card_id: *card_id,
-                        code: "unknown_profile",
-                        message: format!("the card's profile '{profile_name}' is not loaded"),
-                        state: Some(state),
-                    });
-                    continue;
-                };
-                let job_id = Uuid::now_v7();
-                let pin = credentials::generate_with(&profile.pin, &mut rng);
-                let puk = credentials::generate_with(&profile.puk, &mut rng);
-                let pin = cipher.seal(&pin, &credential_context(job_id, "pin"));
-                let puk = cipher.seal(&puk, &credential_context(job_id, "puk"));
-                let rack = locations.get(serial).cloned();
-                jobs.push(job_id, *card_id, rack, pin, puk);
-                accepted.push(*card_id);
-            }
-        }
-
-        sqlx::query("INSERT INTO batches (id, requested, accepted) VALUES ($1, $2, $3)")
-            .bind(batch_id)
-            .bind(i32::try_from(requested.len()).unwrap_or(i32::MAX))
-            .bind(i32::try_from(accepted.len()).unwrap_or(i32::MAX))
-            .execute(&mut *tx)
-            .await?;
-        if !accepted.is_empty() {
-            jobs.insert(&mut tx, batch_id, cipher.key_id()).await?;
-            let mut audit = AuditRows::default();
-            for i in 0..jobs.job_id.len() {
-                audit.push_job(
-                    "initialize.requested",
-                    JobTransition {
-                        job_id: jobs.job_id[i],
-                        card_id: jobs.card_id[i],
-                        batch_id,
-                        from: None,
-                        to: jobs.state[i],
-                        card_state: Some(CardState::Initializing.as_str()),
-                    },
-                    None,
-                );
-            }
-            audit.insert(&mut tx, actor).await?;
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        let queued = jobs
-            .state
-            .iter()
-            .filter(|s| **s == JobState::Queued.as_str())
-            .count();
-        Ok(InitializeOutcome {
-            batch_id,
-            accepted,
-            rejected,
-            queued,
-        })
+        on_backend!(self, s => s.initialize(selection, profiles, cipher, actor).await)
     }
 
     /// Cancels the live jobs of a batch, or of one card in it. Jobs not yet
@@ -231,124 +80,213 @@ impl Store {
         card_id: Option<Uuid>,
         actor: &str,
     ) -> Result<CancelOutcome> {
-        let mut tx = self.pool.begin().await?;
-        let batch_exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1)")
-                .bind(batch_id)
-                .fetch_one(&mut *tx)
-                .await?;
-        if !batch_exists {
-            return Err(StoreError::NotFound);
-        }
-        let rows = sqlx::query(
-            "SELECT id, card_id, state FROM jobs
-             WHERE batch_id = $1 AND ($2::uuid IS NULL OR card_id = $2)
-             ORDER BY id FOR UPDATE",
-        )
-        .bind(batch_id)
-        .bind(card_id)
-        .fetch_all(&mut *tx)
-        .await?;
-        if card_id.is_some() && rows.is_empty() {
-            return Err(StoreError::NotFound);
-        }
-        let mut outcome = CancelOutcome {
-            cancelled: vec![],
-            stopping: vec![],
-            finished: 0,
-        };
-        let mut cancelled_cards = Vec::new();
-        let mut audit = AuditRows::default();
-        for r in &rows {
-            let job_id: Uuid = r.try_get("id")?;
-            let card: Uuid = r.try_get("card_id")?;
-            let state: String = r.try_get("state")?;
-            match JobState::parse(&state) {
-                Some(JobState::Encoding) => outcome.stopping.push(job_id),
-                Some(s) if s.can_become(JobState::Cancelled) => {
-                    outcome.cancelled.push(job_id);
-                    cancelled_cards.push(card);
-                    audit.push_job(
-                        "job.cancelled",
-                        JobTransition {
-                            job_id,
-                            card_id: card,
-                            batch_id,
-                            from: Some(s.as_str()),
-                            to: JobState::Cancelled.as_str(),
-                            card_state: Some(CardState::Produced.as_str()),
-                        },
-                        None,
-                    );
-                }
-                _ => outcome.finished += 1,
-            }
-        }
-        if !outcome.cancelled.is_empty() {
-            sqlx::query(
-                "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by operator', updated_at = now()
-                 WHERE id = ANY($1)",
-            )
-            .bind(&outcome.cancelled)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE cards SET state = 'produced', state_reason = 'initialization cancelled', updated_at = now()
-                 WHERE id = ANY($1) AND state = 'initializing'",
-            )
-            .bind(&cancelled_cards)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query(
-                "UPDATE credentials SET status = 'revoked', updated_at = now() WHERE job_id = ANY($1)",
-            )
-            .bind(&outcome.cancelled)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM outbox WHERE job_id = ANY($1)")
-                .bind(&outcome.cancelled)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let broadcast: Vec<Uuid> = outcome
-            .cancelled
-            .iter()
-            .chain(&outcome.stopping)
-            .copied()
-            .collect();
-        if !broadcast.is_empty() {
-            let message = ControlMessage::Cancellation(Cancellation {
-                meta: Meta::now(),
-                job_ids: broadcast,
-                batch_id: Some(batch_id),
-                reason: "cancelled by operator".into(),
+        on_backend!(self, s => s.cancel(batch_id, card_id, actor).await)
+    }
+}
+
+/// The ids of a request, first occurrence kept.
+pub(super) fn unique_ids(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut seen = HashSet::new();
+    ids.iter().copied().filter(|id| seen.insert(*id)).collect()
+}
+
+/// A requested card as read (and, on PostgreSQL, locked) in the request's
+/// transaction.
+#[derive(Debug)]
+pub(super) struct FoundCard {
+    pub state: String,
+    pub profile: String,
+    pub chip_serial: String,
+}
+
+/// What an initialize request does, decided before anything is written.
+#[derive(Debug)]
+pub(super) struct Plan {
+    pub batch_id: Uuid,
+    pub requested: i32,
+    pub accepted: Vec<Uuid>,
+    pub rejected: Vec<CardRejection>,
+    pub jobs: JobColumns,
+}
+
+/// Decides per requested card: refuse it (unknown, wrong state, profile not
+/// loaded) or create its job with freshly generated, sealed credentials. A
+/// job is queued for the rack where its chip was last seen (`locations`:
+/// chip serial to rack), or waits for its card.
+pub(super) fn plan_initialize(
+    requested: &[Uuid],
+    found: &HashMap<Uuid, FoundCard>,
+    locations: &HashMap<String, String>,
+    profiles: &BTreeMap<String, CardProfile>,
+    cipher: &CredentialCipher,
+) -> Plan {
+    let mut accepted = Vec::new();
+    let mut rejected = Vec::new();
+    let mut jobs = JobColumns::default();
+    let mut rng = rand::thread_rng();
+    for card_id in requested {
+        let Some(card) = found.get(card_id) else {
+            rejected.push(CardRejection {
+                card_id: *card_id,
+                code: "unknown_card",
+                message: "no card with this id is in stock".into(),
+                state: None,
             });
-            sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
-                .bind(sqlx::types::Json(&message))
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+            continue;
+        };
+        let state = CardState::parse(&card.state).unwrap_or(CardState::Failed);
+        if !state.can_become(CardState::Initializing) {
+            rejected.push(CardRejection {
+                card_id: *card_id,
+                code: "wrong_state",
+                message: format!("card is {state}; only produced cards can be initialized"),
+                state: Some(state),
+            });
+            continue;
         }
-        audit.insert(&mut tx, actor).await?;
-        tx.commit().await?;
-        Ok(outcome)
+        let Some(profile) = profiles.get(&card.profile) else {
+            rejected.push(CardRejection {
+                card_id: *card_id,
+                code: "unknown_profile",
+                message: format!("the card's profile '{}' is not loaded", card.profile),
+                state: Some(state),
+            });
+            continue;
+        };
+        let job_id = Uuid::now_v7();
+        let pin = credentials::generate_with(&profile.pin, &mut rng);
+        let puk = credentials::generate_with(&profile.puk, &mut rng);
+        let pin = cipher.seal(&pin, &credential_context(job_id, "pin"));
+        let puk = cipher.seal(&puk, &credential_context(job_id, "puk"));
+        let rack = locations.get(&card.chip_serial).cloned();
+        jobs.push(job_id, *card_id, rack, pin, puk);
+        accepted.push(*card_id);
+    }
+    Plan {
+        batch_id: Uuid::now_v7(),
+        requested: i32::try_from(requested.len()).unwrap_or(i32::MAX),
+        accepted,
+        rejected,
+        jobs,
+    }
+}
+
+impl Plan {
+    pub fn accepted_count(&self) -> i32 {
+        i32::try_from(self.accepted.len()).unwrap_or(i32::MAX)
+    }
+
+    pub fn audit(&self) -> AuditRows {
+        let mut audit = AuditRows::default();
+        for i in 0..self.jobs.job_id.len() {
+            audit.push_job(
+                "initialize.requested",
+                JobTransition {
+                    job_id: self.jobs.job_id[i],
+                    card_id: self.jobs.card_id[i],
+                    batch_id: self.batch_id,
+                    from: None,
+                    to: self.jobs.state[i],
+                    card_state: Some(CardState::Initializing.as_str()),
+                },
+                None,
+            );
+        }
+        audit
+    }
+
+    pub fn outcome(self) -> InitializeOutcome {
+        let queued = self
+            .jobs
+            .state
+            .iter()
+            .filter(|s| **s == JobState::Queued.as_str())
+            .count();
+        InitializeOutcome {
+            batch_id: self.batch_id,
+            accepted: self.accepted,
+            rejected: self.rejected,
+            queued,
+        }
+    }
+}
+
+/// What a cancellation does, decided from the selected jobs.
+#[derive(Debug)]
+pub(super) struct CancelPlan {
+    pub outcome: CancelOutcome,
+    /// Cards of the cancelled jobs, back to produced.
+    pub cards: Vec<Uuid>,
+    pub audit: AuditRows,
+    /// The broadcast to workers, when any job was live.
+    pub message: Option<ControlMessage>,
+}
+
+/// Sorts the selected jobs (id, card id, state) into cancelled at once,
+/// stopping (encoding: the worker stops it) and already finished.
+pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> CancelPlan {
+    let mut outcome = CancelOutcome {
+        cancelled: vec![],
+        stopping: vec![],
+        finished: 0,
+    };
+    let mut cards = Vec::new();
+    let mut audit = AuditRows::default();
+    for (job_id, card, state) in jobs {
+        match JobState::parse(&state) {
+            Some(JobState::Encoding) => outcome.stopping.push(job_id),
+            Some(s) if s.can_become(JobState::Cancelled) => {
+                outcome.cancelled.push(job_id);
+                cards.push(card);
+                audit.push_job(
+                    "job.cancelled",
+                    JobTransition {
+                        job_id,
+                        card_id: card,
+                        batch_id,
+                        from: Some(s.as_str()),
+                        to: JobState::Cancelled.as_str(),
+                        card_state: Some(CardState::Produced.as_str()),
+                    },
+                    None,
+                );
+            }
+            _ => outcome.finished += 1,
+        }
+    }
+    let broadcast: Vec<Uuid> = outcome
+        .cancelled
+        .iter()
+        .chain(&outcome.stopping)
+        .copied()
+        .collect();
+    let message = (!broadcast.is_empty()).then(|| {
+        ControlMessage::Cancellation(Cancellation {
+            meta: Meta::now(),
+            job_ids: broadcast,
+            batch_id: Some(batch_id),
+            reason: "cancelled by operator".into(),
+        })
+    });
+    CancelPlan {
+        outcome,
+        cards,
+        audit,
+        message,
     }
 }
 
 /// New jobs of one request, as column arrays.
-#[derive(Default)]
-struct JobColumns {
-    job_id: Vec<Uuid>,
-    card_id: Vec<Uuid>,
-    state: Vec<&'static str>,
-    rack_id: Vec<Option<String>>,
-    pin_nonce: Vec<Vec<u8>>,
-    pin_ct: Vec<Vec<u8>>,
-    puk_nonce: Vec<Vec<u8>>,
-    puk_ct: Vec<Vec<u8>>,
+#[derive(Debug, Default)]
+pub(super) struct JobColumns {
+    pub job_id: Vec<Uuid>,
+    pub card_id: Vec<Uuid>,
+    pub state: Vec<&'static str>,
+    pub rack_id: Vec<Option<String>>,
+    pub pin_nonce: Vec<Vec<u8>>,
+    pub pin_ct: Vec<Vec<u8>>,
+    pub puk_nonce: Vec<Vec<u8>>,
+    pub puk_ct: Vec<Vec<u8>>,
 }
 
 impl JobColumns {
@@ -372,64 +310,5 @@ impl JobColumns {
         self.pin_ct.push(pin.ciphertext);
         self.puk_nonce.push(puk.nonce);
         self.puk_ct.push(puk.ciphertext);
-    }
-
-    async fn insert(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
-        batch_id: Uuid,
-        key_id: &str,
-    ) -> Result<()> {
-        let moved = sqlx::query(
-            "UPDATE cards SET state = 'initializing', state_reason = NULL, updated_at = now()
-             WHERE id = ANY($1) AND state = 'produced'",
-        )
-        .bind(&self.card_id)
-        .execute(&mut **tx)
-        .await?
-        .rows_affected();
-        if moved != self.card_id.len() as u64 {
-            // The rows are locked, so this means a bug; refuse rather than half-apply.
-            return Err(StoreError::Database(sqlx::Error::Protocol(
-                "card states changed under a held lock".into(),
-            )));
-        }
-        sqlx::query(
-            "INSERT INTO jobs (id, batch_id, card_id, state, rack_id)
-             SELECT j.id, $1, j.card_id, j.state, j.rack_id
-             FROM UNNEST($2::uuid[], $3::uuid[], $4::text[], $5::text[]) AS j(id, card_id, state, rack_id)",
-        )
-        .bind(batch_id)
-        .bind(&self.job_id)
-        .bind(&self.card_id)
-        .bind(&self.state)
-        .bind(&self.rack_id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO credentials (job_id, card_id, key_id, pin_nonce, pin_ct, puk_nonce, puk_ct, status)
-             SELECT c.job_id, c.card_id, $1, c.pin_nonce, c.pin_ct, c.puk_nonce, c.puk_ct, 'pending'
-             FROM UNNEST($2::uuid[], $3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[])
-                  AS c(job_id, card_id, pin_nonce, pin_ct, puk_nonce, puk_ct)",
-        )
-        .bind(key_id)
-        .bind(&self.job_id)
-        .bind(&self.card_id)
-        .bind(&self.pin_nonce)
-        .bind(&self.pin_ct)
-        .bind(&self.puk_nonce)
-        .bind(&self.puk_ct)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO outbox (job_id, rack_id)
-             SELECT o.job_id, o.rack_id FROM UNNEST($1::uuid[], $2::text[]) AS o(job_id, rack_id)
-             WHERE o.rack_id IS NOT NULL",
-        )
-        .bind(&self.job_id)
-        .bind(&self.rack_id)
-        .execute(&mut **tx)
-        .await?;
-        Ok(())
     }
 }

@@ -1,5 +1,7 @@
-//! PostgreSQL store: every state change is one transaction with its audit
-//! rows, and bulk work is done with array (UNNEST) statements.
+//! The control plane's store: one facade over PostgreSQL (fleet mode) and
+//! SQLite (standalone mode). Every state change is one transaction with its
+//! audit rows; the decisions (what moves, what is refused, what is audited)
+//! are made here once, and each backend only reads and writes rows.
 
 mod audit;
 pub mod cards;
@@ -7,15 +9,15 @@ pub mod dispatch;
 pub mod gauges;
 pub mod initialize;
 pub mod ledger;
+pub mod postgres;
 pub mod racks;
+pub mod sqlite;
 
-use std::str::FromStr;
-use std::time::Duration;
-
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{ConnectOptions, Connection, PgPool};
+use sqlx::PgPool;
 
 pub use audit::AuditRows;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// Errors of the store that callers act on; everything else is `Database`.
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +32,13 @@ pub enum StoreError {
     NotFound,
     #[error("stored credential cannot be read: {0}")]
     Credential(#[from] crate::credentials::CredentialError),
+    #[error("database url '{0}' names no supported backend (postgres://, postgresql://, sqlite:)")]
+    UnsupportedUrl(String),
 }
 
 impl StoreError {
-    /// A deadlock, serialization failure or lock timeout: the same
-    /// transaction may succeed when tried again.
+    /// A deadlock, serialization failure, lock timeout or (SQLite) a busy or
+    /// locked database: the same transaction may succeed when tried again.
     pub fn is_transient(&self) -> bool {
         let StoreError::Database(e) = self else {
             return false;
@@ -42,9 +46,18 @@ impl StoreError {
         if matches!(e, sqlx::Error::PoolTimedOut | sqlx::Error::Io(_)) {
             return true;
         }
-        e.as_database_error()
-            .and_then(|d| d.code())
-            .is_some_and(|c| matches!(c.as_ref(), "40P01" | "40001" | "55P03"))
+        let Some(db) = e.as_database_error() else {
+            return false;
+        };
+        let Some(code) = db.code() else {
+            return false;
+        };
+        if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+            // Extended result codes keep the primary code in the low byte:
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6) and their variants.
+            return code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6));
+        }
+        matches!(code.as_ref(), "40P01" | "40001" | "55P03")
     }
 }
 
@@ -52,110 +65,153 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Name of the one process cardfleet runs.
 pub const INITIALIZE_PROCESS: &str = "initialize-temporary-card";
-/// Channel the dispatcher LISTENs on for new outbox rows.
+/// Channel the dispatcher LISTENs on for new outbox rows (PostgreSQL).
 pub const OUTBOX_CHANNEL: &str = "cardfleet_outbox";
 
+/// The store, on whichever backend the database URL named.
 #[derive(Debug, Clone)]
-pub struct Store {
-    pool: PgPool,
+pub enum Store {
+    Postgres(PgStore),
+    Sqlite(SqliteStore),
 }
 
-impl Store {
-    /// Connects, creating the database first when `create` is set.
-    pub async fn connect(url: &str, max_connections: u32, create: bool) -> Result<Self> {
-        let options = PgConnectOptions::from_str(url)?;
-        if create {
-            ensure_database(&options).await?;
+/// Runs the same expression against whichever backend `store` holds.
+macro_rules! on_backend {
+    ($store:expr, $s:ident => $body:expr) => {
+        match $store {
+            $crate::store::Store::Postgres($s) => $body,
+            $crate::store::Store::Sqlite($s) => $body,
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
-            .await?;
-        Ok(Self { pool })
+    };
+}
+pub(crate) use on_backend;
+
+impl Store {
+    /// Connects to `url`: `postgres://` or `postgresql://` for PostgreSQL,
+    /// `sqlite:PATH` or `sqlite://PATH` for a SQLite file. With `create` the
+    /// database (or file) is created when missing.
+    pub async fn connect(url: &str, max_connections: u32, create: bool) -> Result<Self> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "postgres" | "postgresql" => Ok(Store::Postgres(
+                PgStore::connect(url, max_connections, create).await?,
+            )),
+            "sqlite" => Ok(Store::Sqlite(
+                SqliteStore::connect(url, max_connections, create).await?,
+            )),
+            _ => Err(StoreError::UnsupportedUrl(redact_url(url))),
+        }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
+    /// `postgres` or `sqlite`, for logs and test names.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Store::Postgres(_) => "postgres",
+            Store::Sqlite(_) => "sqlite",
+        }
     }
 
+    /// The PostgreSQL pool, for tests and benchmarks that inspect rows with
+    /// raw SQL; `None` on SQLite.
+    pub fn postgres_pool(&self) -> Option<&PgPool> {
+        match self {
+            Store::Postgres(s) => Some(s.pool()),
+            Store::Sqlite(_) => None,
+        }
+    }
+
+    /// Applies the backend's migrations (migrations/ or migrations_sqlite/).
     pub async fn migrate(&self) -> Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
-        Ok(())
+        on_backend!(self, s => s.migrate().await)
     }
 
     pub async fn ping(&self) -> Result<()> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        on_backend!(self, s => s.ping().await)
+    }
+
+    /// Wakes when rows may have been added to the outbox or control outbox.
+    pub async fn outbox_listener(&self) -> Result<OutboxListener> {
+        match self {
+            Store::Postgres(s) => Ok(OutboxListener(Listener::Postgres(Box::new(
+                s.outbox_listener().await?,
+            )))),
+            Store::Sqlite(s) => Ok(OutboxListener(Listener::Sqlite(s.outbox_listener()))),
+        }
     }
 
     pub async fn process_enabled(&self, name: &str) -> Result<bool> {
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        enabled.ok_or(StoreError::NotFound)
+        on_backend!(self, s => s.process_enabled(name).await)
     }
 
     pub async fn set_process_enabled(&self, name: &str, enabled: bool, actor: &str) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let before: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let before = before.ok_or(StoreError::NotFound)?;
-        if before != enabled {
-            sqlx::query(
-                "UPDATE process_settings SET enabled = $2, updated_at = now() WHERE name = $1",
-            )
-            .bind(name)
-            .bind(enabled)
-            .execute(&mut *tx)
-            .await?;
-            let mut audit = AuditRows::default();
-            audit.push_admin(
-                if enabled {
-                    "process.enabled"
-                } else {
-                    "process.disabled"
-                },
-                serde_json::json!({ "process": name }),
-            );
-            audit.insert(&mut tx, actor).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        on_backend!(self, s => s.set_process_enabled(name, enabled, actor).await)
     }
 }
 
-async fn ensure_database(options: &PgConnectOptions) -> Result<()> {
-    let Some(name) = options.get_database().map(str::to_owned) else {
-        return Ok(());
-    };
-    let mut conn = options.clone().database("postgres").connect().await?;
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-            .bind(&name)
-            .fetch_one(&mut conn)
-            .await?;
-    if !exists {
-        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
-        // Another process may create it between the check and here.
-        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
-            .execute(&mut conn)
-            .await
-        {
-            let duplicate = e
-                .as_database_error()
-                .and_then(|d| d.code())
-                .is_some_and(|c| c == "42P04");
-            if !duplicate {
-                return Err(e.into());
+/// The audit row of an enable or disable.
+fn process_audit(name: &str, enabled: bool) -> AuditRows {
+    let mut audit = AuditRows::default();
+    audit.push_admin(
+        if enabled {
+            "process.enabled"
+        } else {
+            "process.disabled"
+        },
+        serde_json::json!({ "process": name }),
+    );
+    audit
+}
+
+/// A URL without its password, for error messages.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://…{}", &url[..scheme_end], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Wakes the dispatcher when new outbox rows may be waiting.
+#[derive(Debug)]
+pub struct OutboxListener(Listener);
+
+#[derive(Debug)]
+enum Listener {
+    Postgres(Box<sqlx::postgres::PgListener>),
+    Sqlite(tokio::sync::watch::Receiver<u64>),
+}
+
+impl OutboxListener {
+    /// Waits for the next wake-up. Wake-ups may be spurious or coalesced; the
+    /// caller reads the outbox either way.
+    pub async fn recv(&mut self) -> Result<()> {
+        match &mut self.0 {
+            Listener::Postgres(l) => {
+                l.recv().await?;
+                Ok(())
             }
+            Listener::Sqlite(rx) => rx
+                .changed()
+                .await
+                .map_err(|_| StoreError::Database(sqlx::Error::PoolClosed)),
         }
     }
-    conn.close().await?;
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords_from_urls() {
+        assert_eq!(redact_url("mysql://u:secret@host/db"), "mysql://…@host/db");
+        assert_eq!(redact_url("nonsense"), "nonsense");
+    }
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused() {
+        let err = Store::connect("mysql://u:pw@h/db", 1, false).await.err();
+        assert!(matches!(err, Some(StoreError::UnsupportedUrl(u)) if !u.contains("pw")));
+    }
 }

@@ -302,19 +302,19 @@ impl TestApp {
         ] {
             let n: i64 =
                 sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
-                    .fetch_one(self.store.pool())
+                    .fetch_one(self.store.postgres_pool().expect("PostgreSQL store"))
                     .await
                     .unwrap();
             counts.push((table.to_owned(), n));
         }
         let states: Vec<(String, i64)> =
             sqlx::query_as("SELECT state, count(*) FROM cards GROUP BY state ORDER BY state")
-                .fetch_all(self.store.pool())
+                .fetch_all(self.store.postgres_pool().expect("PostgreSQL store"))
                 .await
                 .unwrap();
         counts.extend(states);
         let enabled: bool = sqlx::query_scalar("SELECT enabled FROM process_settings")
-            .fetch_one(self.store.pool())
+            .fetch_one(self.store.postgres_pool().expect("PostgreSQL store"))
             .await
             .unwrap();
         counts.push(("enabled".into(), i64::from(enabled)));

@@ -118,7 +118,7 @@ pub async fn stored_pin(app: &TestApp, chip_serial: &str) -> String {
          JOIN cards c ON c.id = cr.card_id WHERE c.chip_serial = $1 ORDER BY cr.created_at DESC LIMIT 1",
     )
     .bind(chip_serial)
-    .fetch_one(app.store.pool())
+    .fetch_one(app.store.postgres_pool().expect("PostgreSQL store"))
     .await
     .unwrap();
     let cipher = CredentialCipher::from_hex("k1", ENCRYPTION_KEY).unwrap();

@@ -1,0 +1,130 @@
+//! PostgreSQL backend (fleet mode): row locks (`FOR UPDATE`, `SKIP LOCKED`)
+//! keep concurrent control planes apart, bulk work is done with array
+//! (UNNEST) statements, and `pg_notify` wakes the dispatchers.
+
+mod audit;
+mod cards;
+mod dispatch;
+mod gauges;
+mod initialize;
+mod ledger;
+mod racks;
+
+pub(super) use dispatch::{finish_claim, finish_control_claim};
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgPool};
+
+use super::{OUTBOX_CHANNEL, Result, StoreError, process_audit};
+
+#[derive(Debug, Clone)]
+pub struct PgStore {
+    pool: PgPool,
+}
+
+impl PgStore {
+    /// Connects, creating the database first when `create` is set.
+    pub async fn connect(url: &str, max_connections: u32, create: bool) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)?;
+        if create {
+            ensure_database(&options).await?;
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub(super) async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) async fn outbox_listener(&self) -> Result<PgListener> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(OUTBOX_CHANNEL).await?;
+        Ok(listener)
+    }
+
+    pub(super) async fn process_enabled(&self, name: &str) -> Result<bool> {
+        let enabled: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        enabled.ok_or(StoreError::NotFound)
+    }
+
+    pub(super) async fn set_process_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let before: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1 FOR UPDATE")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let before = before.ok_or(StoreError::NotFound)?;
+        if before != enabled {
+            sqlx::query(
+                "UPDATE process_settings SET enabled = $2, updated_at = now() WHERE name = $1",
+            )
+            .bind(name)
+            .bind(enabled)
+            .execute(&mut *tx)
+            .await?;
+            process_audit(name, enabled)
+                .insert_pg(&mut tx, actor)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+async fn ensure_database(options: &PgConnectOptions) -> Result<()> {
+    let Some(name) = options.get_database().map(str::to_owned) else {
+        return Ok(());
+    };
+    let mut conn = options.clone().database("postgres").connect().await?;
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&name)
+            .fetch_one(&mut conn)
+            .await?;
+    if !exists {
+        let sql = format!("CREATE DATABASE \"{}\"", name.replace('"', "\"\""));
+        // Another process may create it between the check and here.
+        if let Err(e) = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await
+        {
+            let duplicate = e
+                .as_database_error()
+                .and_then(|d| d.code())
+                .is_some_and(|c| c == "42P04");
+            if !duplicate {
+                return Err(e.into());
+            }
+        }
+    }
+    conn.close().await?;
+    Ok(())
+}

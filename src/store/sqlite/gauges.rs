@@ -1,0 +1,47 @@
+//! The gauges' reads on SQLite.
+
+use sqlx::Row;
+
+use super::SqliteStore;
+use crate::store::Result;
+use crate::store::gauges::{FleetSnapshot, MAX_RACKS};
+
+impl SqliteStore {
+    /// Live jobs are counted through the partial index
+    /// `jobs_one_live_per_card`; the outbox is read at its head.
+    pub(in crate::store) async fn fleet_snapshot(&self) -> Result<FleetSnapshot> {
+        let live_jobs: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM jobs
+             WHERE state IN ('queued', 'awaiting_card', 'dispatched', 'encoding')
+             GROUP BY state",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let outbox_lag_seconds: Option<f64> = sqlx::query_scalar(
+            "SELECT max((julianday('now') - julianday(created_at)) * 86400.0, 0.0)
+             FROM outbox ORDER BY id LIMIT 1",
+        )
+        .fetch_optional(&self.reader)
+        .await?;
+        let racks = sqlx::query(
+            "SELECT rack_id,
+                    max((julianday('now') - julianday(last_heartbeat)) * 86400.0, 0.0) AS age
+             FROM racks ORDER BY rack_id LIMIT $1",
+        )
+        .bind(MAX_RACKS)
+        .fetch_all(&self.reader)
+        .await?
+        .into_iter()
+        .map(|r| Ok((r.try_get("rack_id")?, r.try_get("age")?)))
+        .collect::<Result<Vec<_>>>()?;
+        let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(FleetSnapshot {
+            live_jobs,
+            outbox_lag_seconds: outbox_lag_seconds.unwrap_or(0.0),
+            racks,
+            dead_letters,
+        })
+    }
+}

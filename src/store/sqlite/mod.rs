@@ -1,0 +1,186 @@
+//! SQLite backend (standalone mode): one file in WAL mode. SQLite has one
+//! writer, so every write transaction runs on a pool of one connection and
+//! starts with `BEGIN IMMEDIATE` (it takes the write lock up front rather
+//! than failing when a read turns into a write); reads run on a separate
+//! pool and never wait for writers. Bulk work binds one JSON array and
+//! expands it with `json_each`. Writers that add outbox rows wake the
+//! dispatcher through a watch channel, SQLite's stand-in for `pg_notify`.
+
+mod audit;
+mod cards;
+mod dispatch;
+mod gauges;
+mod initialize;
+mod ledger;
+mod racks;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{Row, Sqlite, Transaction};
+use tokio::sync::{Mutex, watch};
+use uuid::Uuid;
+use uuid::fmt::Hyphenated;
+
+pub(super) use dispatch::ClaimLock;
+
+use super::{Result, StoreError, process_audit};
+
+/// The current time as stored: UTC ISO 8601 with milliseconds, the format
+/// of the migrations' column defaults, so text order is time order.
+macro_rules! now {
+    () => {
+        "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"
+    };
+}
+pub(crate) use now;
+
+/// How long a connection waits for another process's write lock.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    /// One connection: SQLite allows one writer at a time anyway, and
+    /// queueing here keeps writers from failing with SQLITE_BUSY.
+    writer: SqlitePool,
+    reader: SqlitePool,
+    /// Bumped after every commit that adds outbox or control outbox rows.
+    outbox_wake: Arc<watch::Sender<u64>>,
+    /// Held by an outbox claim until it is finished or dropped.
+    outbox_claim: Arc<Mutex<()>>,
+    control_claim: Arc<Mutex<()>>,
+}
+
+impl SqliteStore {
+    /// Opens the file named by `url` (`sqlite:PATH` or `sqlite://PATH`),
+    /// creating it when `create` is set.
+    pub async fn connect(url: &str, max_connections: u32, create: bool) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone().create_if_missing(create))
+            .await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(max_connections.saturating_sub(1).max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        Ok(Self {
+            writer,
+            reader,
+            outbox_wake: Arc::new(watch::Sender::new(0)),
+            outbox_claim: Arc::new(Mutex::new(())),
+            control_claim: Arc::new(Mutex::new(())),
+        })
+    }
+
+    pub(super) async fn migrate(&self) -> Result<()> {
+        sqlx::migrate!("./migrations_sqlite")
+            .run(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.reader).await?;
+        Ok(())
+    }
+
+    pub(super) fn outbox_listener(&self) -> watch::Receiver<u64> {
+        self.outbox_wake.subscribe()
+    }
+
+    /// Starts a write transaction holding SQLite's write lock.
+    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+        Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// Wakes outbox listeners; call after the commit that added rows.
+    fn wake_dispatchers(&self) {
+        self.outbox_wake.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    pub(super) async fn process_enabled(&self, name: &str) -> Result<bool> {
+        let enabled: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.reader)
+                .await?;
+        enabled.ok_or(StoreError::NotFound)
+    }
+
+    pub(super) async fn set_process_enabled(
+        &self,
+        name: &str,
+        enabled: bool,
+        actor: &str,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        let before: Option<bool> =
+            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let before = before.ok_or(StoreError::NotFound)?;
+        if before != enabled {
+            sqlx::query(concat!(
+                "UPDATE process_settings SET enabled = $2, updated_at = ",
+                now!(),
+                " WHERE name = $1"
+            ))
+            .bind(name)
+            .bind(enabled)
+            .execute(&mut *tx)
+            .await?;
+            process_audit(name, enabled)
+                .insert_sqlite(&mut tx, actor)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Reading the TEXT encodings of this schema.
+trait RowExt {
+    fn uuid(&self, column: &str) -> sqlx::Result<Uuid>;
+    fn opt_uuid(&self, column: &str) -> sqlx::Result<Option<Uuid>>;
+    fn json(&self, column: &str) -> sqlx::Result<Option<serde_json::Value>>;
+}
+
+impl RowExt for SqliteRow {
+    fn uuid(&self, column: &str) -> sqlx::Result<Uuid> {
+        Ok(self.try_get::<Hyphenated, _>(column)?.into_uuid())
+    }
+
+    fn opt_uuid(&self, column: &str) -> sqlx::Result<Option<Uuid>> {
+        Ok(self
+            .try_get::<Option<Hyphenated>, _>(column)?
+            .map(Hyphenated::into_uuid))
+    }
+
+    fn json(&self, column: &str) -> sqlx::Result<Option<serde_json::Value>> {
+        self.try_get::<Option<String>, _>(column)?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(|e| sqlx::Error::ColumnDecode {
+                index: column.to_owned(),
+                source: Box::new(e),
+            })
+    }
+}
+
+/// A list bound as one JSON array, for `json_each`.
+fn json_list<T: serde::Serialize>(items: T) -> sqlx::types::Json<T> {
+    sqlx::types::Json(items)
+}
