@@ -24,9 +24,13 @@ impl PgStore {
         )
         .fetch_optional(&self.pool)
         .await?;
+        // GREATEST skips NULLs, so a rack that never sent a heartbeat needs
+        // the CASE to report no age rather than 0 s.
         let racks = sqlx::query(
             "SELECT rack_id,
-                    GREATEST(EXTRACT(EPOCH FROM now() - last_heartbeat), 0)::float8 AS age
+                    CASE WHEN last_heartbeat IS NOT NULL
+                         THEN GREATEST(EXTRACT(EPOCH FROM now() - last_heartbeat), 0)::float8
+                    END AS age
              FROM racks ORDER BY rack_id LIMIT $1",
         )
         .bind(MAX_RACKS)
