@@ -1,0 +1,1473 @@
+//! The store's one test suite, run against both backends: every test body is
+//! an async fn taking a fresh [`Db`], and `store_tests!` generates
+//! `postgres::<name>` (a fresh PostgreSQL database) and `sqlite::<name>` (a
+//! fresh SQLite file in a temp dir) from it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use cardfleet::credentials::CredentialCipher;
+use cardfleet::domain::CardState;
+use cardfleet::store::cards::{CardFilter, ImportRow};
+use cardfleet::store::initialize::{Selection, credential_context};
+use cardfleet::store::ledger::{Applied, DeadLetter};
+use cardfleet::store::{INITIALIZE_PROCESS, Store, StoreError};
+use cardfleet_schemas::{
+    CardProfile, ControlMessage, EncodeResult, EventMessage, Failure, JobStarted, Meta, Outcome,
+    ResultMessage, SlotEvent, SlotEventKind, SlotState, SlotStatus, StepReport, StepStatus,
+    WorkerHeartbeat,
+};
+use chrono::Utc;
+use uuid::Uuid;
+
+const ACTOR: &str = "store-suite";
+const RACK: &str = "rack-1";
+
+/// A fresh store plus a raw connection to the same database, for looking at
+/// rows the store's API does not show (audit, credentials, outbox).
+struct Db {
+    store: Store,
+    raw: Raw,
+    profiles: BTreeMap<String, CardProfile>,
+    cipher: CredentialCipher,
+    _cleanup: Cleanup,
+}
+
+enum Raw {
+    Postgres(sqlx::PgPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+enum Cleanup {
+    Postgres(String),
+    Sqlite(#[allow(dead_code)] tempfile::TempDir),
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Cleanup::Postgres(name) = self {
+            support::psql(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        }
+    }
+}
+
+impl Db {
+    async fn postgres() -> Db {
+        let name = format!("cardfleet_store_{}", Uuid::new_v4().simple());
+        let url = format!("postgres://postgres@127.0.0.1:5432/{name}");
+        let store = Store::connect(&url, 4, true)
+            .await
+            .expect("PostgreSQL connects");
+        store.migrate().await.expect("migrations apply");
+        let raw = Raw::Postgres(store.postgres_pool().expect("a PostgreSQL store").clone());
+        Db::new(store, raw, Cleanup::Postgres(name))
+    }
+
+    async fn sqlite() -> Db {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cardfleet.sqlite");
+        let store = Store::connect(&format!("sqlite://{}", path.display()), 4, true)
+            .await
+            .expect("SQLite opens");
+        store.migrate().await.expect("migrations apply");
+        assert!(store.postgres_pool().is_none());
+        let raw = sqlx::SqlitePool::connect_with(
+            sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&path)
+                .busy_timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+        Db::new(store, Raw::Sqlite(raw), Cleanup::Sqlite(dir))
+    }
+
+    fn new(store: Store, raw: Raw, cleanup: Cleanup) -> Db {
+        Db {
+            store,
+            raw,
+            profiles: cardfleet_schemas::profile::load_profiles(None).unwrap(),
+            cipher: CredentialCipher::from_hex("test-key", support::ENCRYPTION_KEY).unwrap(),
+            _cleanup: cleanup,
+        }
+    }
+
+    /// A `count(*)` query with one text argument.
+    async fn count(&self, sql: &'static str, arg: &str) -> i64 {
+        match &self.raw {
+            Raw::Postgres(p) => sqlx::query_scalar(sql).bind(arg).fetch_one(p).await,
+            Raw::Sqlite(p) => sqlx::query_scalar(sql).bind(arg).fetch_one(p).await,
+        }
+        .unwrap()
+    }
+
+    async fn audit(&self, action: &str) -> i64 {
+        self.count("SELECT count(*) FROM audit WHERE action = $1", action)
+            .await
+    }
+
+    async fn rows(&self, table: &str) -> i64 {
+        let sql = match table {
+            "outbox" => "SELECT count(*) FROM outbox WHERE $1 <> ''",
+            "control_outbox" => "SELECT count(*) FROM control_outbox WHERE $1 <> ''",
+            "credentials" => "SELECT count(*) FROM credentials WHERE $1 <> ''",
+            "jobs" => "SELECT count(*) FROM jobs WHERE $1 <> ''",
+            "batches" => "SELECT count(*) FROM batches WHERE $1 <> ''",
+            "slot_locations" => "SELECT count(*) FROM slot_locations WHERE $1 <> ''",
+            _ => panic!("no count for {table}"),
+        };
+        self.count(sql, table).await
+    }
+
+    /// Status of the credentials of `job_id`.
+    async fn credential_status(&self, job_id: Uuid) -> String {
+        let sql = "SELECT status FROM credentials WHERE job_id = $1";
+        match &self.raw {
+            Raw::Postgres(p) => sqlx::query_scalar(sql).bind(job_id).fetch_one(p).await,
+            Raw::Sqlite(p) => {
+                sqlx::query_scalar(sql)
+                    .bind(job_id.hyphenated())
+                    .fetch_one(p)
+                    .await
+            }
+        }
+        .unwrap()
+    }
+
+    async fn enable(&self) {
+        self.store
+            .set_process_enabled(INITIALIZE_PROCESS, true, ACTOR)
+            .await
+            .unwrap();
+    }
+
+    /// Imports `n` produced temporary cards `{prefix}-TC-i` / `{prefix}-CHIP-i`;
+    /// returns their ids in that order.
+    async fn import(&self, prefix: &str, n: usize) -> Vec<Uuid> {
+        let rows = (0..n)
+            .map(|i| {
+                (
+                    i + 1,
+                    card_row(&format!("{prefix}-TC-{i:05}"), &serial(prefix, i)),
+                )
+            })
+            .collect();
+        let outcome = self
+            .store
+            .import_cards(rows, &self.profiles, ACTOR)
+            .await
+            .unwrap();
+        assert_eq!(outcome.imported, n, "{:?}", outcome.rejected);
+        let by_number: HashMap<String, Uuid> = self
+            .cards(None)
+            .await
+            .into_iter()
+            .map(|c| (c.card_number, c.card_id))
+            .collect();
+        (0..n)
+            .map(|i| by_number[&format!("{prefix}-TC-{i:05}")])
+            .collect()
+    }
+
+    async fn cards(&self, state: Option<CardState>) -> Vec<cardfleet::store::cards::CardSummary> {
+        self.store
+            .list_cards(&CardFilter {
+                card_type: None,
+                state,
+                limit: 100_000,
+                offset: 0,
+            })
+            .await
+            .unwrap()
+    }
+
+    async fn initialize(&self, ids: &[Uuid]) -> cardfleet::store::initialize::InitializeOutcome {
+        self.store
+            .initialize(
+                Selection::Ids(ids.to_vec()),
+                &self.profiles,
+                &self.cipher,
+                ACTOR,
+            )
+            .await
+            .unwrap()
+    }
+
+    async fn card_state(&self, card_id: Uuid) -> CardState {
+        self.store.card_detail(card_id).await.unwrap().card.state
+    }
+
+    /// State of the card's latest job.
+    async fn job_state(&self, card_id: Uuid) -> String {
+        let detail = self.store.card_detail(card_id).await.unwrap();
+        detail
+            .jobs
+            .last()
+            .expect("the card has a job")
+            .state
+            .clone()
+    }
+
+    async fn job_id(&self, card_id: Uuid) -> Uuid {
+        let detail = self.store.card_detail(card_id).await.unwrap();
+        detail.jobs.last().expect("the card has a job").job_id
+    }
+
+    /// Puts the chips of `prefix` cards `indexes` into slots of [`RACK`].
+    async fn insert_chips(&self, prefix: &str, indexes: &[usize]) -> usize {
+        let events: Vec<EventMessage> = indexes
+            .iter()
+            .map(|&i| inserted(RACK, i as u16, &serial(prefix, i)))
+            .collect();
+        self.store.apply_events(&events, ACTOR).await.unwrap()
+    }
+
+    /// Claims everything in the outbox and records it all as published.
+    async fn dispatch_all(&self) -> usize {
+        let claim = self.store.claim_outbox(10_000).await.unwrap();
+        let all: Vec<usize> = (0..claim.jobs.len()).collect();
+        claim.finish(&all, ACTOR).await.unwrap()
+    }
+}
+
+fn serial(prefix: &str, i: usize) -> String {
+    format!("{prefix}-CHIP-{i:05}")
+}
+
+fn card_row(number: &str, serial: &str) -> ImportRow {
+    ImportRow {
+        card_number: number.into(),
+        chip_serial: serial.into(),
+        card_type: "temporary".into(),
+        profile: "temporary-piv".into(),
+    }
+}
+
+fn inserted(rack: &str, slot: u16, serial: &str) -> EventMessage {
+    slot_event(rack, slot, SlotEventKind::Inserted, Some(serial))
+}
+
+fn slot_event(rack: &str, slot: u16, kind: SlotEventKind, serial: Option<&str>) -> EventMessage {
+    EventMessage::SlotEvent(SlotEvent {
+        meta: Meta::now(),
+        rack_id: rack.into(),
+        worker_id: "worker-1".into(),
+        slot,
+        kind,
+        chip_serial: serial.map(str::to_owned),
+        reason: None,
+    })
+}
+
+fn heartbeat(rack: &str, in_flight: u32, slots: &[(u16, SlotState, Option<&str>)]) -> EventMessage {
+    EventMessage::WorkerHeartbeat(WorkerHeartbeat {
+        meta: Meta::now(),
+        rack_id: rack.into(),
+        worker_id: format!("worker-of-{rack}"),
+        version: "1.2.3".into(),
+        interval_seconds: 5,
+        in_flight,
+        slots: slots
+            .iter()
+            .map(|(slot, state, serial)| SlotStatus {
+                slot: *slot,
+                state: *state,
+                chip_serial: serial.map(str::to_owned),
+            })
+            .collect(),
+    })
+}
+
+fn started(job_id: Uuid) -> ResultMessage {
+    ResultMessage::JobStarted(JobStarted {
+        meta: Meta::now(),
+        job_id,
+        rack_id: RACK.into(),
+        slot: 0,
+        worker_id: "worker-1".into(),
+    })
+}
+
+fn finished(
+    job_id: Uuid,
+    card_id: Uuid,
+    outcome: Outcome,
+    failure: Option<Failure>,
+) -> ResultMessage {
+    ResultMessage::EncodeResult(EncodeResult {
+        meta: Meta::now(),
+        job_id,
+        batch_id: Uuid::nil(),
+        card_id,
+        rack_id: RACK.into(),
+        slot: Some(0),
+        worker_id: "worker-1".into(),
+        outcome,
+        failure,
+        steps: vec![StepReport {
+            step: "set_pin".into(),
+            status: StepStatus::Done,
+            duration_ms: 1.5,
+            detail: Some("first \"quoted\" detail".into()),
+        }],
+        attempts: 1,
+        started_at: Utc::now(),
+        finished_at: Utc::now(),
+    })
+}
+
+fn failure(code: &str, card_unusable: bool) -> Option<Failure> {
+    Some(Failure {
+        code: code.into(),
+        message: format!("{code} happened"),
+        card_unusable,
+    })
+}
+
+// ---------------------------------------------------------------- import
+
+async fn import_stores_valid_rows_and_reports_each_rejected_row(db: Db) {
+    let mut wrong_type = card_row("TC-WRONG", "CHIP-WRONG");
+    wrong_type.card_type = "permanent".into();
+    let mut unknown_profile = card_row("TC-NOPROF", "CHIP-NOPROF");
+    unknown_profile.profile = "no-such-profile".into();
+    let rows = vec![
+        (1, card_row("TC-1", "CHIP-1")),
+        (2, card_row("", "CHIP-2")),
+        (3, card_row("TC 3", "CHIP-3")),
+        (4, unknown_profile),
+        (5, wrong_type),
+        (6, card_row("TC-1", "CHIP-6")),
+        (7, card_row("TC-7", "CHIP-1")),
+        (8, card_row(" TC-8 ", "CHIP-8")),
+    ];
+    let outcome = db
+        .store
+        .import_cards(rows, &db.profiles, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.imported, 2);
+    let codes: Vec<(usize, &str)> = outcome.rejected.iter().map(|r| (r.row, r.code)).collect();
+    assert_eq!(
+        codes,
+        vec![
+            (2, "malformed"),
+            (3, "malformed"),
+            (4, "unknown_profile"),
+            (5, "wrong_card_type"),
+            (6, "duplicate"),
+            (7, "duplicate"),
+        ]
+    );
+    let numbers: Vec<String> = db
+        .cards(None)
+        .await
+        .into_iter()
+        .map(|c| c.card_number)
+        .collect();
+    assert_eq!(numbers.len(), 2);
+    assert!(numbers.contains(&"TC-1".to_owned()) && numbers.contains(&"TC-8".to_owned()));
+    assert_eq!(db.audit("card.imported").await, 2);
+
+    // A second file may not bring back a card number or a chip serial.
+    let again = vec![
+        (1, card_row("TC-1", "CHIP-NEW")),
+        (2, card_row("TC-NEW", "CHIP-8")),
+        (3, card_row("TC-9", "CHIP-9")),
+    ];
+    let outcome = db
+        .store
+        .import_cards(again, &db.profiles, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.imported, 1);
+    let codes: Vec<(usize, &str)> = outcome.rejected.iter().map(|r| (r.row, r.code)).collect();
+    assert_eq!(codes, vec![(1, "duplicate"), (2, "duplicate")]);
+    assert_eq!(db.cards(None).await.len(), 3);
+    assert_eq!(db.audit("card.imported").await, 3);
+}
+
+async fn an_empty_import_changes_nothing(db: Db) {
+    let outcome = db
+        .store
+        .import_cards(vec![], &db.profiles, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.imported, 0);
+    assert!(outcome.rejected.is_empty());
+    assert_eq!(db.audit("card.imported").await, 0);
+}
+
+// ------------------------------------------------------- list and detail
+
+async fn cards_list_by_type_and_state_in_id_order_with_paging(db: Db) {
+    let ids = db.import("L", 5).await;
+    db.enable().await;
+    db.initialize(&ids[..2]).await;
+
+    let all = db.cards(None).await;
+    let listed: Vec<Uuid> = all.iter().map(|c| c.card_id).collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(listed, sorted, "cards come in id order");
+    assert_eq!(all.len(), 5);
+    assert_eq!(db.cards(Some(CardState::Initializing)).await.len(), 2);
+    assert_eq!(db.cards(Some(CardState::Produced)).await.len(), 3);
+    assert_eq!(db.cards(Some(CardState::Failed)).await.len(), 0);
+
+    let page = |card_type: Option<&str>, limit, offset| CardFilter {
+        card_type: card_type.map(str::to_owned),
+        state: None,
+        limit,
+        offset,
+    };
+    let second = db
+        .store
+        .list_cards(&page(Some("temporary"), 2, 2))
+        .await
+        .unwrap();
+    assert_eq!(
+        second.iter().map(|c| c.card_id).collect::<Vec<_>>(),
+        listed[2..4].to_vec()
+    );
+    assert!(
+        db.store
+            .list_cards(&page(Some("permanent"), 10, 0))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let card = &all[0];
+    assert_eq!(card.card_type, "temporary");
+    assert_eq!(card.profile, "temporary-piv");
+    assert!(card.updated_at <= Utc::now());
+}
+
+async fn card_detail_shows_the_job_history_and_unknown_cards_are_not_found(db: Db) {
+    let ids = db.import("D", 1).await;
+    db.insert_chips("D", &[0]).await;
+    let detail = db.store.card_detail(ids[0]).await.unwrap();
+    assert_eq!(detail.card.card_number, "D-TC-00000");
+    assert_eq!(detail.card.chip_serial, "D-CHIP-00000");
+    assert_eq!(detail.card.state, CardState::Produced);
+    assert!(detail.jobs.is_empty());
+
+    db.enable().await;
+    let outcome = db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let job_id = db.job_id(ids[0]).await;
+    db.store
+        .apply_results(
+            &[finished(
+                job_id,
+                ids[0],
+                Outcome::Failed,
+                failure("card_mute", false),
+            )],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    db.initialize(&ids).await;
+
+    let detail = db.store.card_detail(ids[0]).await.unwrap();
+    assert_eq!(detail.jobs.len(), 2);
+    let first = &detail.jobs[0];
+    assert_eq!(first.job_id, job_id);
+    assert_eq!(first.batch_id, outcome.batch_id);
+    assert_eq!(first.state, "failed");
+    assert_eq!(
+        first.reason.as_deref(),
+        Some("card_mute: card_mute happened")
+    );
+    let steps = first.steps.as_ref().expect("steps are kept");
+    assert_eq!(steps[0]["step"], "set_pin");
+    assert_eq!(steps[0]["detail"], "first \"quoted\" detail");
+    assert_eq!(detail.jobs[1].state, "queued");
+    assert!(first.created_at <= detail.jobs[1].created_at);
+
+    assert!(matches!(
+        db.store.card_detail(Uuid::now_v7()).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+// ---------------------------------------------------------------- process
+
+async fn the_process_starts_disabled_and_each_change_is_audited_once(db: Db) {
+    assert!(!db.store.process_enabled(INITIALIZE_PROCESS).await.unwrap());
+    db.enable().await;
+    db.enable().await;
+    assert!(db.store.process_enabled(INITIALIZE_PROCESS).await.unwrap());
+    assert_eq!(db.audit("process.enabled").await, 1);
+    db.store
+        .set_process_enabled(INITIALIZE_PROCESS, false, ACTOR)
+        .await
+        .unwrap();
+    assert!(!db.store.process_enabled(INITIALIZE_PROCESS).await.unwrap());
+    assert_eq!(db.audit("process.disabled").await, 1);
+
+    assert!(matches!(
+        db.store.process_enabled("no-such-process").await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        db.store
+            .set_process_enabled("no-such-process", true, ACTOR)
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(db.audit("process.enabled").await, 1);
+}
+
+// ------------------------------------------------------------- initialize
+
+async fn initialize_is_refused_while_the_process_is_disabled(db: Db) {
+    let ids = db.import("X", 2).await;
+    let refused = db
+        .store
+        .initialize(Selection::Ids(ids.clone()), &db.profiles, &db.cipher, ACTOR)
+        .await;
+    assert!(matches!(refused, Err(StoreError::ProcessDisabled(p)) if p == INITIALIZE_PROCESS));
+    assert_eq!(db.rows("batches").await, 0);
+    assert_eq!(db.rows("jobs").await, 0);
+    assert_eq!(db.cards(Some(CardState::Produced)).await.len(), 2);
+}
+
+async fn initialize_creates_jobs_sealed_credentials_and_outbox_rows_for_located_cards(db: Db) {
+    let ids = db.import("I", 3).await;
+    // Card 0's chip sits in a slot already; cards 1 and 2 are not seen yet.
+    assert_eq!(db.insert_chips("I", &[0]).await, 0);
+    db.enable().await;
+    let outcome = db.initialize(&ids).await;
+    assert_eq!(outcome.accepted, ids);
+    assert!(outcome.rejected.is_empty());
+    assert_eq!(outcome.queued, 1);
+
+    for id in &ids {
+        assert_eq!(db.card_state(*id).await, CardState::Initializing);
+    }
+    assert_eq!(db.job_state(ids[0]).await, "queued");
+    assert_eq!(db.job_state(ids[1]).await, "awaiting_card");
+    assert_eq!(db.rows("jobs").await, 3);
+    assert_eq!(db.rows("credentials").await, 3);
+    assert_eq!(db.rows("outbox").await, 1);
+    assert_eq!(db.audit("initialize.requested").await, 3);
+    let job_id = db.job_id(ids[0]).await;
+    assert_eq!(db.credential_status(job_id).await, "pending");
+
+    let status = db
+        .store
+        .batch_status(outcome.batch_id, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!((status.requested, status.accepted), (3, 3));
+    assert_eq!(status.counts["queued"], 1);
+    assert_eq!(status.counts["awaiting_card"], 2);
+    assert!(!status.finished);
+
+    // The claimed job carries everything a job message needs, and its
+    // credentials open only with the job's own context.
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert_eq!(claim.jobs.len(), 1);
+    let job = &claim.jobs[0];
+    assert_eq!(
+        (job.job_id, job.card_id, job.batch_id),
+        (job_id, ids[0], outcome.batch_id)
+    );
+    assert_eq!(job.rack_id, RACK);
+    assert_eq!(job.card_number, "I-TC-00000");
+    assert_eq!(job.chip_serial, "I-CHIP-00000");
+    assert_eq!(job.profile, "temporary-piv");
+    let pin = db
+        .cipher
+        .open(&job.key_id, &job.pin, &credential_context(job_id, "pin"))
+        .unwrap();
+    let puk = db
+        .cipher
+        .open(&job.key_id, &job.puk, &credential_context(job_id, "puk"))
+        .unwrap();
+    assert_eq!(pin.expose().len(), 6);
+    assert!(pin.expose().bytes().all(|b| b.is_ascii_digit()));
+    assert_eq!(puk.expose().len(), 8);
+    assert!(
+        db.cipher
+            .open(&job.key_id, &job.pin, &credential_context(job_id, "puk"))
+            .is_err()
+    );
+    drop(claim);
+}
+
+async fn initialize_rejects_unknown_and_busy_cards_and_counts_repeats_once(db: Db) {
+    let ids = db.import("R", 2).await;
+    db.enable().await;
+    db.initialize(&ids[..1]).await;
+    let unknown = Uuid::now_v7();
+    let outcome = db.initialize(&[ids[0], ids[1], ids[1], unknown]).await;
+    assert_eq!(outcome.accepted, vec![ids[1]]);
+    let rejected: Vec<(Uuid, &str, Option<CardState>)> = outcome
+        .rejected
+        .iter()
+        .map(|r| (r.card_id, r.code, r.state))
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            (ids[0], "wrong_state", Some(CardState::Initializing)),
+            (unknown, "unknown_card", None),
+        ]
+    );
+    let status = db
+        .store
+        .batch_status(outcome.batch_id, 10, 0)
+        .await
+        .unwrap();
+    assert_eq!((status.requested, status.accepted), (3, 1));
+    assert_eq!(db.rows("jobs").await, 2);
+
+    // Nothing acceptable still records the (empty) batch and nothing else.
+    let outcome = db.initialize(&ids).await;
+    assert!(outcome.accepted.is_empty());
+    assert_eq!(outcome.rejected.len(), 2);
+    assert_eq!(db.rows("jobs").await, 2);
+    assert_eq!(db.audit("initialize.requested").await, 2);
+}
+
+async fn initialize_by_filter_takes_produced_cards_of_the_type_up_to_the_limit(db: Db) {
+    let ids = db.import("F", 5).await;
+    db.enable().await;
+    db.initialize(&ids[..1]).await;
+    let select = |card_type: &str, limit| Selection::Filter {
+        card_type: card_type.into(),
+        limit,
+    };
+    let outcome = db
+        .store
+        .initialize(select("temporary", 3), &db.profiles, &db.cipher, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, ids[1..4].to_vec());
+    let outcome = db
+        .store
+        .initialize(select("temporary", 10), &db.profiles, &db.cipher, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, ids[4..].to_vec());
+    let outcome = db
+        .store
+        .initialize(select("permanent", 10), &db.profiles, &db.cipher, ACTOR)
+        .await
+        .unwrap();
+    assert!(outcome.accepted.is_empty() && outcome.rejected.is_empty());
+    assert!(db.cards(Some(CardState::Produced)).await.is_empty());
+}
+
+// --------------------------------------------------------------- dispatch
+
+async fn finishing_a_claim_dispatches_the_published_jobs_and_keeps_the_rest(db: Db) {
+    let ids = db.import("P", 3).await;
+    db.insert_chips("P", &[0, 1, 2]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    assert_eq!(db.rows("outbox").await, 3);
+
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert!(!claim.is_empty());
+    let claimed: Vec<Uuid> = claim.jobs.iter().map(|j| j.card_id).collect();
+    assert_eq!(claimed, ids, "claimed in outbox order");
+    assert_eq!(claim.finish(&[0, 2, 99], ACTOR).await.unwrap(), 2);
+    assert_eq!(db.job_state(ids[0]).await, "dispatched");
+    assert_eq!(db.job_state(ids[1]).await, "queued");
+    assert_eq!(db.job_state(ids[2]).await, "dispatched");
+    assert_eq!(db.rows("outbox").await, 1);
+    assert_eq!(db.audit("job.dispatched").await, 2);
+
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert_eq!(claim.jobs.len(), 1);
+    assert_eq!(claim.jobs[0].card_id, ids[1]);
+    // Dropping a claim unfinished leaves its rows for the next round.
+    drop(claim);
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert_eq!(claim.jobs.len(), 1);
+    claim.finish(&[0], ACTOR).await.unwrap();
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert!(claim.is_empty());
+    claim.finish(&[], ACTOR).await.unwrap();
+    assert_eq!(db.rows("outbox").await, 0);
+}
+
+async fn a_claim_respects_its_limit(db: Db) {
+    let ids = db.import("LIM", 5).await;
+    db.insert_chips("LIM", &[0, 1, 2, 3, 4]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    let claim = db.store.claim_outbox(2).await.unwrap();
+    assert_eq!(claim.jobs.len(), 2);
+    claim.finish(&[0, 1], ACTOR).await.unwrap();
+    assert_eq!(db.rows("outbox").await, 3);
+}
+
+async fn a_job_a_worker_reported_on_keeps_its_newer_state_and_its_row_goes(db: Db) {
+    let ids = db.import("S", 2).await;
+    db.insert_chips("S", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    let (job0, job1) = (db.job_id(ids[0]).await, db.job_id(ids[1]).await);
+
+    // Job 1's worker reports before the dispatcher even claimed: its row is stale.
+    db.store
+        .apply_results(&[started(job1)], ACTOR)
+        .await
+        .unwrap();
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert_eq!(claim.jobs.len(), 1);
+    assert_eq!(claim.jobs[0].job_id, job0);
+    // Job 0's worker reports between the publish and its confirmation.
+    db.store
+        .apply_results(&[started(job0)], ACTOR)
+        .await
+        .unwrap();
+    claim.finish(&[0], ACTOR).await.unwrap();
+
+    assert_eq!(db.job_state(ids[0]).await, "encoding");
+    assert_eq!(db.job_state(ids[1]).await, "encoding");
+    assert_eq!(db.rows("outbox").await, 0);
+    assert_eq!(db.audit("job.dispatched").await, 0);
+    assert_eq!(db.audit("job.started").await, 2);
+}
+
+async fn a_held_claim_is_not_handed_out_twice(db: Db) {
+    let ids = db.import("H", 2).await;
+    db.insert_chips("H", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    let first = db.store.claim_outbox(1).await.unwrap();
+    assert_eq!(first.jobs.len(), 1);
+    let mine = first.jobs[0].outbox_id;
+    // Another dispatcher skips the held row (PostgreSQL) or waits for the
+    // claim to end (SQLite); it never gets the same row.
+    let second = tokio::time::timeout(Duration::from_millis(300), db.store.claim_outbox(10)).await;
+    if let Ok(second) = second {
+        let second = second.unwrap();
+        assert!(second.jobs.iter().all(|j| j.outbox_id != mine));
+        assert_eq!(second.jobs.len(), 1);
+        drop(second);
+    }
+    first.finish(&[0], ACTOR).await.unwrap();
+    let rest = db.store.claim_outbox(10).await.unwrap();
+    assert_eq!(rest.jobs.len(), 1);
+    assert_ne!(rest.jobs[0].outbox_id, mine);
+}
+
+async fn the_control_outbox_carries_cancellations_and_slot_releases(db: Db) {
+    let claim = db.store.claim_control_outbox(10).await.unwrap();
+    assert!(claim.is_empty());
+    claim.finish().await.unwrap();
+
+    let ids = db.import("C", 1).await;
+    db.insert_chips("C", &[0]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    let job_id = db.job_id(ids[0]).await;
+    db.store.cancel(batch, None, ACTOR).await.unwrap();
+    db.store.release_slot(RACK, 0, ACTOR).await.unwrap();
+    assert_eq!(db.audit("slot.release_requested").await, 1);
+
+    let claim = db.store.claim_control_outbox(10).await.unwrap();
+    assert_eq!(claim.messages.len(), 2);
+    match &claim.messages[0].1 {
+        ControlMessage::Cancellation(c) => {
+            assert_eq!(c.job_ids, vec![job_id]);
+            assert_eq!(c.batch_id, Some(batch));
+        }
+        other => panic!("expected a cancellation first, got {other:?}"),
+    }
+    match &claim.messages[1].1 {
+        ControlMessage::ReleaseSlot(r) => assert_eq!((r.rack_id.as_str(), r.slot), (RACK, 0)),
+        other => panic!("expected a slot release, got {other:?}"),
+    }
+    claim.finish().await.unwrap();
+    assert_eq!(db.rows("control_outbox").await, 0);
+    assert!(db.store.claim_control_outbox(10).await.unwrap().is_empty());
+
+    assert!(matches!(
+        db.store.release_slot(RACK, 42, ACTOR).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        db.store.release_slot("rack-unknown", 0, ACTOR).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(db.rows("control_outbox").await, 0);
+}
+
+// ---------------------------------------------------------------- results
+
+async fn a_result_delivered_three_times_moves_the_job_once(db: Db) {
+    let ids = db.import("A", 1).await;
+    db.insert_chips("A", &[0]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let job_id = db.job_id(ids[0]).await;
+
+    let messages = [
+        started(job_id),
+        finished(job_id, ids[0], Outcome::Succeeded, None),
+    ];
+    let first = db.store.apply_results(&messages, ACTOR).await.unwrap();
+    assert_eq!(first, vec![Applied::Changed, Applied::Changed]);
+    for _ in 0..2 {
+        let again = db.store.apply_results(&messages, ACTOR).await.unwrap();
+        assert_eq!(again, vec![Applied::Unchanged, Applied::Unchanged]);
+    }
+    assert_eq!(db.job_state(ids[0]).await, "succeeded");
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+    assert_eq!(db.credential_status(job_id).await, "active");
+    assert_eq!(db.audit("job.started").await, 1);
+    assert_eq!(db.audit("job.finished").await, 1);
+    let detail = db.store.card_detail(ids[0]).await.unwrap();
+    assert_eq!(detail.card.state_reason, None);
+
+    // Within one batch too, a repeat changes nothing.
+    let repeated = [
+        finished(job_id, ids[0], Outcome::Failed, failure("late", false)),
+        finished(job_id, ids[0], Outcome::Failed, failure("late", false)),
+    ];
+    let applied = db.store.apply_results(&repeated, ACTOR).await.unwrap();
+    assert_eq!(applied, vec![Applied::Unchanged, Applied::Unchanged]);
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+}
+
+async fn a_result_may_overtake_its_started_notice_within_one_batch(db: Db) {
+    let ids = db.import("O", 1).await;
+    db.insert_chips("O", &[0]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let job_id = db.job_id(ids[0]).await;
+    let applied = db
+        .store
+        .apply_results(
+            &[
+                finished(job_id, ids[0], Outcome::Succeeded, None),
+                started(job_id),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![Applied::Changed, Applied::Unchanged]);
+    assert_eq!(db.job_state(ids[0]).await, "succeeded");
+}
+
+async fn results_for_unknown_jobs_are_reported_and_change_nothing(db: Db) {
+    let ids = db.import("U", 1).await;
+    let unknown = Uuid::now_v7();
+    let applied = db
+        .store
+        .apply_results(
+            &[
+                started(unknown),
+                finished(unknown, ids[0], Outcome::Succeeded, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![Applied::UnknownJob, Applied::UnknownJob]);
+    assert_eq!(db.card_state(ids[0]).await, CardState::Produced);
+    assert_eq!(db.audit("job.finished").await, 0);
+}
+
+async fn a_failure_returns_the_card_to_produced_unless_the_card_is_unusable(db: Db) {
+    let ids = db.import("FL", 2).await;
+    db.insert_chips("FL", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let (job0, job1) = (db.job_id(ids[0]).await, db.job_id(ids[1]).await);
+    let applied = db
+        .store
+        .apply_results(
+            &[
+                finished(job0, ids[0], Outcome::Failed, failure("card_mute", false)),
+                finished(job1, ids[1], Outcome::Failed, failure("chip_locked", true)),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(applied, vec![Applied::Changed, Applied::Changed]);
+
+    let card0 = db.store.card_detail(ids[0]).await.unwrap();
+    assert_eq!(card0.card.state, CardState::Produced);
+    assert_eq!(
+        card0.card.state_reason.as_deref(),
+        Some("card_mute: card_mute happened")
+    );
+    assert_eq!(card0.jobs[0].state, "failed");
+    assert_eq!(db.card_state(ids[1]).await, CardState::Failed);
+    assert_eq!(db.credential_status(job0).await, "revoked");
+    assert_eq!(db.credential_status(job1).await, "revoked");
+
+    // The produced card may be tried again; the failed one may not.
+    let outcome = db.initialize(&ids).await;
+    assert_eq!(outcome.accepted, vec![ids[0]]);
+    assert_eq!(outcome.rejected[0].code, "wrong_state");
+    assert_eq!(
+        db.job_state(ids[0]).await,
+        "queued",
+        "the chip is still in its slot"
+    );
+}
+
+// ----------------------------------------------------------------- events
+
+async fn slot_events_and_heartbeats_locate_chips_and_queue_waiting_jobs(db: Db) {
+    let ids = db.import("E", 3).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    assert_eq!(db.rows("outbox").await, 0);
+
+    // A slot event locates card 0.
+    assert_eq!(db.insert_chips("E", &[0]).await, 1);
+    assert_eq!(db.job_state(ids[0]).await, "queued");
+    assert_eq!(db.rows("outbox").await, 1);
+    assert_eq!(db.audit("job.card_located").await, 1);
+
+    // A heartbeat repeats where chips are, repairing a lost event for card 1;
+    // card 2's chip sits in a slot of another rack but is only faulted.
+    let located = db
+        .store
+        .apply_events(
+            &[heartbeat(
+                "rack-2",
+                3,
+                &[
+                    (0, SlotState::Present, Some(&serial("E", 1))),
+                    (1, SlotState::Faulted, Some(&serial("E", 2))),
+                    (2, SlotState::Empty, None),
+                ],
+            )],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(located, 1);
+    assert_eq!(db.job_state(ids[1]).await, "queued");
+    assert_eq!(db.job_state(ids[2]).await, "awaiting_card");
+
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    let racks: HashMap<Uuid, String> = claim
+        .jobs
+        .iter()
+        .map(|j| (j.card_id, j.rack_id.clone()))
+        .collect();
+    assert_eq!(racks[&ids[0]], RACK);
+    assert_eq!(racks[&ids[1]], "rack-2");
+    drop(claim);
+
+    // Events for chips without waiting jobs queue nothing more.
+    assert_eq!(db.insert_chips("E", &[0]).await, 0);
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    let by_card: HashMap<Uuid, Option<String>> = status
+        .cards
+        .iter()
+        .map(|c| (c.card_id, c.rack_id.clone()))
+        .collect();
+    assert_eq!(by_card[&ids[1]].as_deref(), Some("rack-2"));
+    assert_eq!(by_card[&ids[2]], None);
+}
+
+async fn a_removed_card_is_no_longer_located(db: Db) {
+    let ids = db.import("RM", 2).await;
+    db.insert_chips("RM", &[0, 1]).await;
+    assert_eq!(db.rows("slot_locations").await, 2);
+    db.store
+        .apply_events(&[slot_event(RACK, 0, SlotEventKind::Removed, None)], ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.rows("slot_locations").await, 1);
+    // An empty slot in a heartbeat removes card 1 as well.
+    db.store
+        .apply_events(&[heartbeat(RACK, 0, &[(1, SlotState::Empty, None)])], ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.rows("slot_locations").await, 0);
+    db.enable().await;
+    let outcome = db.initialize(&ids).await;
+    assert_eq!(outcome.queued, 0);
+    assert_eq!(db.job_state(ids[0]).await, "awaiting_card");
+}
+
+async fn racks_list_their_heartbeat_and_the_last_word_on_each_slot(db: Db) {
+    assert!(db.store.list_racks().await.unwrap().is_empty());
+    let events = [
+        inserted(RACK, 0, "ANY-CHIP"),
+        slot_event(RACK, 1, SlotEventKind::Quarantined, Some("Q-CHIP")),
+        slot_event(RACK, 0, SlotEventKind::Removed, None),
+        heartbeat("rack-0", 4, &[(3, SlotState::Encoding, Some("B-CHIP"))]),
+    ];
+    db.store.apply_events(&events, ACTOR).await.unwrap();
+    let racks = db.store.list_racks().await.unwrap();
+    let names: Vec<&str> = racks.iter().map(|r| r.rack_id.as_str()).collect();
+    assert_eq!(names, vec!["rack-0", RACK]);
+
+    let heart = &racks[0];
+    assert_eq!(heart.worker_id.as_deref(), Some("worker-of-rack-0"));
+    assert_eq!(heart.in_flight, 4);
+    assert!(heart.last_heartbeat.is_some());
+    assert_eq!(heart.slots.len(), 1);
+    assert_eq!(heart.slots[0].state, "encoding");
+    assert_eq!(heart.slots[0].chip_serial.as_deref(), Some("B-CHIP"));
+
+    let slotted = &racks[1];
+    assert_eq!(
+        slotted.worker_id, None,
+        "slot events alone say nothing of the worker"
+    );
+    assert!(slotted.last_heartbeat.is_none());
+    let slots: Vec<(i32, &str, Option<&str>)> = slotted
+        .slots
+        .iter()
+        .map(|s| (s.slot, s.state.as_str(), s.chip_serial.as_deref()))
+        .collect();
+    assert_eq!(
+        slots,
+        vec![(0, "empty", None), (1, "quarantined", Some("Q-CHIP"))]
+    );
+}
+
+// ----------------------------------------------------------------- cancel
+
+async fn cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers(db: Db) {
+    let ids = db.import("K", 4).await;
+    db.insert_chips("K", &[1, 2, 3]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    let jobs: Vec<Uuid> = futures_util::future::join_all(ids.iter().map(|id| db.job_id(*id))).await;
+    // 0 awaits its card, 1 is queued, 2 encodes, 3 has succeeded.
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    let publish: Vec<usize> = claim
+        .jobs
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| j.card_id != ids[1])
+        .map(|(i, _)| i)
+        .collect();
+    claim.finish(&publish, ACTOR).await.unwrap();
+    db.store
+        .apply_results(
+            &[
+                started(jobs[2]),
+                started(jobs[3]),
+                finished(jobs[3], ids[3], Outcome::Succeeded, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.rows("outbox").await, 1);
+
+    let outcome = db.store.cancel(batch, None, ACTOR).await.unwrap();
+    let mut cancelled = outcome.cancelled.clone();
+    cancelled.sort();
+    let mut expected = vec![jobs[0], jobs[1]];
+    expected.sort();
+    assert_eq!(cancelled, expected);
+    assert_eq!(outcome.stopping, vec![jobs[2]]);
+    assert_eq!(outcome.finished, 1);
+
+    for i in [0, 1] {
+        assert_eq!(db.job_state(ids[i]).await, "cancelled");
+        let card = db.store.card_detail(ids[i]).await.unwrap().card;
+        assert_eq!(card.state, CardState::Produced);
+        assert_eq!(
+            card.state_reason.as_deref(),
+            Some("initialization cancelled")
+        );
+        assert_eq!(db.credential_status(jobs[i]).await, "revoked");
+    }
+    assert_eq!(db.job_state(ids[2]).await, "encoding");
+    assert_eq!(db.card_state(ids[2]).await, CardState::Initializing);
+    assert_eq!(db.credential_status(jobs[3]).await, "active");
+    assert_eq!(db.rows("outbox").await, 0);
+    assert_eq!(db.audit("job.cancelled").await, 2);
+    let claim = db.store.claim_control_outbox(10).await.unwrap();
+    match &claim.messages[..] {
+        [(_, ControlMessage::Cancellation(c))] => {
+            let mut told = c.job_ids.clone();
+            told.sort();
+            let mut live = vec![jobs[0], jobs[1], jobs[2]];
+            live.sort();
+            assert_eq!(told, live);
+        }
+        other => panic!("expected one cancellation, got {other:?}"),
+    }
+    claim.finish().await.unwrap();
+
+    // Cancelling again finds nothing live but the encoding job.
+    let again = db.store.cancel(batch, None, ACTOR).await.unwrap();
+    assert!(again.cancelled.is_empty());
+    assert_eq!(again.stopping, vec![jobs[2]]);
+    assert_eq!(again.finished, 3);
+}
+
+async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
+    let ids = db.import("K1", 2).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    let outcome = db.store.cancel(batch, Some(ids[1]), ACTOR).await.unwrap();
+    assert_eq!(outcome.cancelled, vec![db.job_id(ids[1]).await]);
+    assert_eq!(db.job_state(ids[0]).await, "awaiting_card");
+    assert_eq!(db.job_state(ids[1]).await, "cancelled");
+
+    assert!(matches!(
+        db.store.cancel(Uuid::now_v7(), None, ACTOR).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        db.store.cancel(batch, Some(Uuid::now_v7()), ACTOR).await,
+        Err(StoreError::NotFound)
+    ));
+    assert_eq!(db.audit("job.cancelled").await, 1);
+}
+
+// ----------------------------------------------------- dead letters, views
+
+async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
+    db.store.record_dead_letters(&[]).await.unwrap();
+    assert!(db.store.list_dead_letters(10, 0).await.unwrap().is_empty());
+    let letter = |n: usize| DeadLetter {
+        source: "cardfleet.results".into(),
+        reason: format!("reason {n}"),
+        message_id: n.is_multiple_of(2).then(|| format!("msg-{n}")),
+        payload: format!("{{\"n\": {n}, \"text\": \"it's 'quoted'\"}}"),
+    };
+    db.store
+        .record_dead_letters(&[letter(0), letter(1)])
+        .await
+        .unwrap();
+    db.store.record_dead_letters(&[letter(2)]).await.unwrap();
+
+    let listed = db.store.list_dead_letters(10, 0).await.unwrap();
+    let reasons: Vec<&str> = listed.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons, vec!["reason 2", "reason 1", "reason 0"]);
+    assert_eq!(listed[0].message_id.as_deref(), Some("msg-2"));
+    assert_eq!(listed[1].message_id, None);
+    assert_eq!(listed[2].payload, letter(0).payload);
+    assert_eq!(listed[0].source, "cardfleet.results");
+    assert!(listed[0].id > listed[1].id);
+    assert!(listed[0].received_at >= listed[2].received_at);
+    let page = db.store.list_dead_letters(1, 1).await.unwrap();
+    assert_eq!(page[0].reason, "reason 1");
+    assert_eq!(db.store.fleet_snapshot().await.unwrap().dead_letters, 3);
+}
+
+async fn batch_status_counts_every_state_and_pages_its_cards(db: Db) {
+    let ids = db.import("B", 3).await;
+    db.insert_chips("B", &[0]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    db.dispatch_all().await;
+    let job0 = db.job_id(ids[0]).await;
+    db.store
+        .apply_results(&[finished(job0, ids[0], Outcome::Succeeded, None)], ACTOR)
+        .await
+        .unwrap();
+
+    let status = db.store.batch_status(batch, 2, 0).await.unwrap();
+    assert_eq!(status.batch_id, batch);
+    assert_eq!(status.counts.len(), 7, "every state is listed");
+    assert_eq!(status.counts["succeeded"], 1);
+    assert_eq!(status.counts["awaiting_card"], 2);
+    assert_eq!(status.counts["failed"], 0);
+    assert!(!status.finished);
+    assert!(status.created_at <= Utc::now());
+    let mut sorted = ids.clone();
+    sorted.sort();
+    let page: Vec<Uuid> = status.cards.iter().map(|c| c.card_id).collect();
+    assert_eq!(page, sorted[..2].to_vec());
+    let rest = db.store.batch_status(batch, 2, 2).await.unwrap();
+    assert_eq!(rest.cards.len(), 1);
+    assert_eq!(rest.cards[0].card_id, sorted[2]);
+
+    db.store.cancel(batch, None, ACTOR).await.unwrap();
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    assert!(status.finished);
+    assert_eq!(status.counts["cancelled"], 2);
+    let card0 = status.cards.iter().find(|c| c.card_id == ids[0]).unwrap();
+    assert_eq!((card0.job_id, card0.state.as_str()), (job0, "succeeded"));
+    assert_eq!(
+        status
+            .cards
+            .iter()
+            .find(|c| c.card_id == ids[1])
+            .unwrap()
+            .reason
+            .as_deref(),
+        Some("cancelled by operator")
+    );
+
+    assert!(matches!(
+        db.store.batch_status(Uuid::now_v7(), 10, 0).await,
+        Err(StoreError::NotFound)
+    ));
+}
+
+async fn batch_transitions_follow_a_batch_in_order_after_a_sequence(db: Db) {
+    let ids = db.import("T", 1).await;
+    db.insert_chips("T", &[0]).await;
+    db.enable().await;
+    let other = db.import("T2", 1).await;
+    let batch = db.initialize(&ids).await.batch_id;
+    db.initialize(&other).await;
+    db.dispatch_all().await;
+    let job = db.job_id(ids[0]).await;
+    db.store
+        .apply_results(
+            &[
+                started(job),
+                finished(job, ids[0], Outcome::Succeeded, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+
+    let all = db.store.batch_transitions(batch, 0, 100).await.unwrap();
+    let moves: Vec<(Option<&str>, &str, Option<&str>)> = all
+        .iter()
+        .map(|t| (t.from.as_deref(), t.to.as_str(), t.card_state.as_deref()))
+        .collect();
+    assert_eq!(
+        moves,
+        vec![
+            (None, "queued", Some("initializing")),
+            (Some("queued"), "dispatched", None),
+            (Some("dispatched"), "encoding", None),
+            (Some("encoding"), "succeeded", Some("unassigned")),
+        ]
+    );
+    assert!(all.iter().all(|t| t.job_id == job && t.card_id == ids[0]));
+    assert!(
+        all.windows(2)
+            .all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at)
+    );
+
+    let after = db
+        .store
+        .batch_transitions(batch, all[1].seq, 1)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].seq, all[2].seq);
+    assert!(
+        db.store
+            .batch_transitions(batch, all[3].seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        db.store
+            .batch_transitions(Uuid::now_v7(), 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+// ----------------------------------------------------------------- gauges
+
+async fn the_fleet_snapshot_counts_live_jobs_outbox_lag_and_racks(db: Db) {
+    let empty = db.store.fleet_snapshot().await.unwrap();
+    assert!(empty.live_jobs.is_empty());
+    assert_eq!(empty.outbox_lag_seconds, 0.0);
+    assert!(empty.racks.is_empty());
+    assert_eq!(empty.dead_letters, 0);
+
+    let ids = db.import("G", 3).await;
+    db.insert_chips("G", &[0, 1]).await;
+    db.store
+        .apply_events(&[heartbeat("rack-hb", 0, &[])], ACTOR)
+        .await
+        .unwrap();
+    db.enable().await;
+    db.initialize(&ids).await;
+    let claim = db.store.claim_outbox(1).await.unwrap();
+    claim.finish(&[0], ACTOR).await.unwrap();
+
+    let snapshot = db.store.fleet_snapshot().await.unwrap();
+    let mut live = snapshot.live_jobs.clone();
+    live.sort();
+    assert_eq!(
+        live,
+        vec![
+            ("awaiting_card".to_owned(), 1),
+            ("dispatched".to_owned(), 1),
+            ("queued".to_owned(), 1),
+        ]
+    );
+    assert!(snapshot.outbox_lag_seconds >= 0.0 && snapshot.outbox_lag_seconds < 3600.0);
+    let racks: Vec<(&str, bool)> = snapshot
+        .racks
+        .iter()
+        .map(|(rack, age)| (rack.as_str(), age.is_some()))
+        .collect();
+    assert_eq!(racks, vec![(RACK, false), ("rack-hb", true)]);
+    let age = snapshot.racks[1].1.unwrap();
+    assert!((0.0..3600.0).contains(&age), "{age}");
+}
+
+// ------------------------------------------------- wake-ups, concurrency
+
+async fn the_outbox_listener_wakes_when_jobs_are_queued(db: Db) {
+    let mut listener = db.store.outbox_listener().await.unwrap();
+    let ids = db.import("W", 1).await;
+    db.insert_chips("W", &[0]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    tokio::time::timeout(Duration::from_secs(10), listener.recv())
+        .await
+        .expect("woken within 10 s")
+        .unwrap();
+}
+
+async fn concurrent_writers_all_commit(db: Db) {
+    db.enable().await;
+    let ids = db.import("CW", 40).await;
+    let mut tasks = Vec::new();
+    for chunk in 0..4 {
+        let store = db.store.clone();
+        let profiles = db.profiles.clone();
+        let cipher = db.cipher.clone();
+        let chunk_ids = ids[chunk * 10..(chunk + 1) * 10].to_vec();
+        tasks.push(tokio::spawn(async move {
+            for id in chunk_ids {
+                store
+                    .initialize(Selection::Ids(vec![id]), &profiles, &cipher, ACTOR)
+                    .await
+                    .unwrap();
+            }
+        }));
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                let slot = (chunk * 10 + i) as u16;
+                let event = inserted(RACK, slot, &serial("CW", chunk * 10 + i));
+                store.apply_events(&[event], ACTOR).await.unwrap();
+            }
+        }));
+        let store = db.store.clone();
+        let profiles = db.profiles.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..5 {
+                let row = card_row(&format!("CW{chunk}-EXTRA-{i}"), &format!("CW{chunk}-X-{i}"));
+                let outcome = store
+                    .import_cards(vec![(1, row)], &profiles, ACTOR)
+                    .await
+                    .unwrap();
+                assert_eq!(outcome.imported, 1);
+            }
+        }));
+        let store = db.store.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                let claim = store.claim_outbox(100).await.unwrap();
+                let all: Vec<usize> = (0..claim.jobs.len()).collect();
+                claim.finish(&all, ACTOR).await.unwrap();
+                store
+                    .list_cards(&CardFilter {
+                        limit: 10,
+                        ..CardFilter::default()
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    // On PostgreSQL a chip located while its job is being created can be
+    // missed by both transactions; the next heartbeat, which repeats every
+    // chip, repairs that, as it does for a lost slot event.
+    let chips: Vec<String> = (0..40).map(|i| serial("CW", i)).collect();
+    let slots: Vec<(u16, SlotState, Option<&str>)> = chips
+        .iter()
+        .enumerate()
+        .map(|(i, chip)| (i as u16, SlotState::Present, Some(chip.as_str())))
+        .collect();
+    db.store
+        .apply_events(&[heartbeat(RACK, 0, &slots)], ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.cards(None).await.len(), 60);
+    assert_eq!(db.rows("jobs").await, 40);
+    // Every chip was seen, so every job is queued or already dispatched.
+    let snapshot = db.store.fleet_snapshot().await.unwrap();
+    let live: i64 = snapshot
+        .live_jobs
+        .iter()
+        .filter(|(state, _)| state == "queued" || state == "dispatched")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(live, 40);
+}
+
+macro_rules! store_tests {
+    ($($name:ident),* $(,)?) => {
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::postgres().await).await;
+                }
+            )*
+        }
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Db::sqlite().await).await;
+                }
+            )*
+        }
+    };
+}
+
+store_tests!(
+    import_stores_valid_rows_and_reports_each_rejected_row,
+    an_empty_import_changes_nothing,
+    cards_list_by_type_and_state_in_id_order_with_paging,
+    card_detail_shows_the_job_history_and_unknown_cards_are_not_found,
+    the_process_starts_disabled_and_each_change_is_audited_once,
+    initialize_is_refused_while_the_process_is_disabled,
+    initialize_creates_jobs_sealed_credentials_and_outbox_rows_for_located_cards,
+    initialize_rejects_unknown_and_busy_cards_and_counts_repeats_once,
+    initialize_by_filter_takes_produced_cards_of_the_type_up_to_the_limit,
+    finishing_a_claim_dispatches_the_published_jobs_and_keeps_the_rest,
+    a_claim_respects_its_limit,
+    a_job_a_worker_reported_on_keeps_its_newer_state_and_its_row_goes,
+    a_held_claim_is_not_handed_out_twice,
+    the_control_outbox_carries_cancellations_and_slot_releases,
+    a_result_delivered_three_times_moves_the_job_once,
+    a_result_may_overtake_its_started_notice_within_one_batch,
+    results_for_unknown_jobs_are_reported_and_change_nothing,
+    a_failure_returns_the_card_to_produced_unless_the_card_is_unusable,
+    slot_events_and_heartbeats_locate_chips_and_queue_waiting_jobs,
+    a_removed_card_is_no_longer_located,
+    racks_list_their_heartbeat_and_the_last_word_on_each_slot,
+    cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers,
+    cancel_of_one_card_leaves_the_rest_of_the_batch,
+    dead_letters_are_recorded_and_listed_newest_first,
+    batch_status_counts_every_state_and_pages_its_cards,
+    batch_transitions_follow_a_batch_in_order_after_a_sequence,
+    the_fleet_snapshot_counts_live_jobs_outbox_lag_and_racks,
+    the_outbox_listener_wakes_when_jobs_are_queued,
+    concurrent_writers_all_commit,
+);
