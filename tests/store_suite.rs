@@ -36,9 +36,23 @@ struct Db {
     _cleanup: Cleanup,
 }
 
+/// One audit row without its ids: actor, action, from, to, card state,
+/// whether card, job and batch ids are set, and the detail.
+type AuditRow = (
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    bool,
+    bool,
+    bool,
+    Option<serde_json::Value>,
+);
+
 enum Raw {
     Postgres(sqlx::PgPool),
-    Sqlite(sqlx::SqlitePool),
+    Sqlite(sqlx::SqlitePool, std::path::PathBuf),
 }
 
 enum Cleanup {
@@ -81,7 +95,7 @@ impl Db {
         )
         .await
         .unwrap();
-        Db::new(store, Raw::Sqlite(raw), Cleanup::Sqlite(dir))
+        Db::new(store, Raw::Sqlite(raw, path), Cleanup::Sqlite(dir))
     }
 
     fn new(store: Store, raw: Raw, cleanup: Cleanup) -> Db {
@@ -98,7 +112,7 @@ impl Db {
     async fn count(&self, sql: &'static str, arg: &str) -> i64 {
         match &self.raw {
             Raw::Postgres(p) => sqlx::query_scalar(sql).bind(arg).fetch_one(p).await,
-            Raw::Sqlite(p) => sqlx::query_scalar(sql).bind(arg).fetch_one(p).await,
+            Raw::Sqlite(p, _) => sqlx::query_scalar(sql).bind(arg).fetch_one(p).await,
         }
         .unwrap()
     }
@@ -121,12 +135,50 @@ impl Db {
         self.count(sql, table).await
     }
 
+    /// The audit trail in order, ids left out.
+    async fn audit_trail(&self) -> Vec<AuditRow> {
+        macro_rules! sql {
+            ($detail:literal) => {
+                concat!(
+                    "SELECT actor, action, from_state, to_state, card_state, card_id IS NOT NULL,
+                            job_id IS NOT NULL, batch_id IS NOT NULL, ",
+                    $detail,
+                    " FROM audit ORDER BY id"
+                )
+            };
+        }
+        match &self.raw {
+            Raw::Postgres(p) => sqlx::query_as(sql!("detail")).fetch_all(p).await.unwrap(),
+            Raw::Sqlite(p, _) => {
+                // The same trail with the detail as stored text, parsed here.
+                type Stored = (
+                    String,
+                    String,
+                    Option<String>,
+                    Option<String>,
+                    Option<String>,
+                    bool,
+                    bool,
+                    bool,
+                    Option<String>,
+                );
+                let rows: Vec<Stored> = sqlx::query_as(sql!("detail")).fetch_all(p).await.unwrap();
+                rows.into_iter()
+                    .map(|(a, b, c, d, e, f, g, h, detail)| {
+                        let detail = detail.map(|t| serde_json::from_str(&t).unwrap());
+                        (a, b, c, d, e, f, g, h, detail)
+                    })
+                    .collect()
+            }
+        }
+    }
+
     /// Status of the credentials of `job_id`.
     async fn credential_status(&self, job_id: Uuid) -> String {
         let sql = "SELECT status FROM credentials WHERE job_id = $1";
         match &self.raw {
             Raw::Postgres(p) => sqlx::query_scalar(sql).bind(job_id).fetch_one(p).await,
-            Raw::Sqlite(p) => {
+            Raw::Sqlite(p, _) => {
                 sqlx::query_scalar(sql)
                     .bind(job_id.hyphenated())
                     .fetch_one(p)
@@ -1419,6 +1471,197 @@ async fn concurrent_writers_all_commit(db: Db) {
     assert_eq!(live, 40);
 }
 
+async fn the_audit_trail_records_every_transition_with_its_detail(db: Db) {
+    db.enable().await;
+    let ids = db.import("AU", 2).await;
+    db.insert_chips("AU", &[0]).await;
+    let batch = db.initialize(&ids).await.batch_id;
+    db.dispatch_all().await;
+    let job0 = db.job_id(ids[0]).await;
+    db.store
+        .apply_results(
+            &[
+                started(job0),
+                finished(job0, ids[0], Outcome::Succeeded, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    db.insert_chips("AU", &[1]).await;
+    db.store.cancel(batch, None, ACTOR).await.unwrap();
+    db.store.release_slot(RACK, 1, ACTOR).await.unwrap();
+    db.store
+        .set_process_enabled(INITIALIZE_PROCESS, false, "admin")
+        .await
+        .unwrap();
+
+    let s = |v: &str| Some(v.to_owned());
+    let row = |action: &str, from, to, card, ids: (bool, bool, bool), detail| {
+        (
+            if action == "process.disabled" {
+                "admin"
+            } else {
+                ACTOR
+            }
+            .to_owned(),
+            action.to_owned(),
+            from,
+            to,
+            card,
+            ids.0,
+            ids.1,
+            ids.2,
+            detail,
+        )
+    };
+    let job = (true, true, true);
+    let process = Some(serde_json::json!({ "process": INITIALIZE_PROCESS }));
+    let expected: Vec<AuditRow> = vec![
+        row(
+            "process.enabled",
+            None,
+            None,
+            None,
+            (false, false, false),
+            process.clone(),
+        ),
+        row(
+            "card.imported",
+            None,
+            None,
+            s("produced"),
+            (true, false, false),
+            None,
+        ),
+        row(
+            "card.imported",
+            None,
+            None,
+            s("produced"),
+            (true, false, false),
+            None,
+        ),
+        row(
+            "initialize.requested",
+            None,
+            s("queued"),
+            s("initializing"),
+            job,
+            None,
+        ),
+        row(
+            "initialize.requested",
+            None,
+            s("awaiting_card"),
+            s("initializing"),
+            job,
+            None,
+        ),
+        row(
+            "job.dispatched",
+            s("queued"),
+            s("dispatched"),
+            None,
+            job,
+            Some(serde_json::json!({ "rack_id": RACK })),
+        ),
+        row(
+            "job.started",
+            s("dispatched"),
+            s("encoding"),
+            None,
+            job,
+            Some(serde_json::json!({ "rack_id": RACK, "slot": 0, "worker_id": "worker-1" })),
+        ),
+        row(
+            "job.finished",
+            s("encoding"),
+            s("succeeded"),
+            s("unassigned"),
+            job,
+            Some(serde_json::json!({
+                "rack_id": RACK, "slot": 0, "worker_id": "worker-1", "failure_code": null
+            })),
+        ),
+        row(
+            "job.card_located",
+            s("awaiting_card"),
+            s("queued"),
+            None,
+            job,
+            Some(serde_json::json!({ "rack_id": RACK })),
+        ),
+        row(
+            "job.cancelled",
+            s("queued"),
+            s("cancelled"),
+            s("produced"),
+            job,
+            None,
+        ),
+        row(
+            "slot.release_requested",
+            None,
+            None,
+            None,
+            (false, false, false),
+            Some(serde_json::json!({ "rack_id": RACK, "slot": 1 })),
+        ),
+        row(
+            "process.disabled",
+            None,
+            None,
+            None,
+            (false, false, false),
+            process,
+        ),
+    ];
+    assert_eq!(db.audit_trail().await, expected);
+}
+
+async fn a_lock_conflict_is_a_transient_error_and_a_constraint_violation_is_not(db: Db) {
+    let conflict = match &db.raw {
+        Raw::Postgres(p) => {
+            let mut holder = p.begin().await.unwrap();
+            sqlx::query("SELECT 1 FROM process_settings FOR UPDATE")
+                .execute(&mut *holder)
+                .await
+                .unwrap();
+            let mut waiter = p.begin().await.unwrap();
+            sqlx::query("SET LOCAL lock_timeout = '20ms'")
+                .execute(&mut *waiter)
+                .await
+                .unwrap();
+            sqlx::query("SELECT 1 FROM process_settings FOR UPDATE")
+                .execute(&mut *waiter)
+                .await
+                .unwrap_err()
+        }
+        Raw::Sqlite(p, path) => {
+            use sqlx::Connection;
+            let _holder = p.begin_with("BEGIN IMMEDIATE").await.unwrap();
+            let mut impatient = sqlx::SqliteConnection::connect_with(
+                &sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(path)
+                    .busy_timeout(Duration::ZERO),
+            )
+            .await
+            .unwrap();
+            impatient.begin_with("BEGIN IMMEDIATE").await.unwrap_err()
+        }
+    };
+    assert!(StoreError::from(conflict).is_transient());
+
+    let sql = "INSERT INTO process_settings (name) VALUES ('initialize-temporary-card')";
+    let duplicate = match &db.raw {
+        Raw::Postgres(p) => sqlx::query(sql).execute(p).await.unwrap_err(),
+        Raw::Sqlite(p, _) => sqlx::query(sql).execute(p).await.unwrap_err(),
+    };
+    assert!(!StoreError::from(duplicate).is_transient());
+    assert!(!StoreError::NotFound.is_transient());
+}
+
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1470,4 +1713,87 @@ store_tests!(
     the_fleet_snapshot_counts_live_jobs_outbox_lag_and_racks,
     the_outbox_listener_wakes_when_jobs_are_queued,
     concurrent_writers_all_commit,
+    the_audit_trail_records_every_transition_with_its_detail,
+    a_lock_conflict_is_a_transient_error_and_a_constraint_violation_is_not,
 );
+
+/// What only a SQLite store has: a file.
+mod sqlite_file {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_file_is_created_only_when_asked_and_runs_in_wal_mode_with_readable_columns() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fresh.sqlite");
+        let url = format!("sqlite:{}", path.display());
+        assert!(Store::connect(&url, 2, false).await.is_err());
+        assert!(!path.exists());
+
+        let store = Store::connect(&url, 2, true).await.unwrap();
+        assert_eq!(store.backend(), "sqlite");
+        store.migrate().await.unwrap();
+        store.migrate().await.unwrap();
+        store.ping().await.unwrap();
+        assert!(path.exists());
+        let db = Db::new(
+            store,
+            Raw::Sqlite(
+                sqlx::SqlitePool::connect_with(
+                    sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+                )
+                .await
+                .unwrap(),
+                path.clone(),
+            ),
+            Cleanup::Sqlite(dir),
+        );
+        let Raw::Sqlite(raw, _) = &db.raw else {
+            unreachable!()
+        };
+        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+            .fetch_one(raw)
+            .await
+            .unwrap();
+        assert_eq!(mode, "wal");
+
+        db.enable().await;
+        let ids = db.import("FILE", 1).await;
+        db.insert_chips("FILE", &[0]).await;
+        db.initialize(&ids).await;
+        let (id, imported_at): (String, String) =
+            sqlx::query_as("SELECT id, imported_at FROM cards")
+                .fetch_one(raw)
+                .await
+                .unwrap();
+        assert_eq!(
+            id,
+            ids[0].hyphenated().to_string(),
+            "UUIDs are readable text"
+        );
+        assert!(
+            imported_at.ends_with('Z') && imported_at.contains('T'),
+            "{imported_at}"
+        );
+        let types: (String, String, String) = sqlx::query_as(
+            "SELECT typeof(j.batch_id), typeof(c.pin_nonce), typeof(a.detail)
+             FROM jobs j JOIN credentials c ON c.job_id = j.id
+             JOIN audit a ON a.action = 'process.enabled'",
+        )
+        .fetch_one(raw)
+        .await
+        .unwrap();
+        assert_eq!(types, ("text".into(), "blob".into(), "text".into()));
+    }
+
+    #[tokio::test]
+    async fn postgres_urls_and_unknown_schemes_pick_their_backend_or_are_refused() {
+        let refused = Store::connect("mysql://user:secret@127.0.0.1/db", 1, false).await;
+        match refused {
+            Err(e @ StoreError::UnsupportedUrl(_)) => assert!(!e.to_string().contains("secret")),
+            other => panic!("expected UnsupportedUrl, got {other:?}"),
+        }
+        let db = Db::postgres().await;
+        assert_eq!(db.store.backend(), "postgres");
+        assert!(db.store.postgres_pool().is_some());
+    }
+}
