@@ -1,6 +1,7 @@
 //! The control-plane application: builds the API, dispatcher and ledger from
 //! settings and runs them until shutdown.
 
+use cardfleet_schemas::bus::Bus;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
 use crate::store::Store;
+
+/// Renders further metrics in the Prometheus text format.
+pub type MetricsSource = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// A part of the control plane that `serve --only` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -42,7 +46,25 @@ pub struct Application {
 }
 
 impl Application {
+    /// Builds the fleet-mode control plane, on RabbitMQ at `amqp.url`.
     pub async fn build(settings: &Settings, components: &[Component]) -> anyhow::Result<Self> {
+        Self::build_on(
+            settings,
+            components,
+            Bus::Amqp(settings.amqp.url.clone()),
+            None,
+        )
+        .await
+    }
+
+    /// Builds the control plane on a given bus (standalone mode: in-process);
+    /// `more_metrics` adds to the metrics page (standalone: the worker's).
+    pub async fn build_on(
+        settings: &Settings,
+        components: &[Component],
+        bus: Bus,
+        more_metrics: Option<MetricsSource>,
+    ) -> anyhow::Result<Self> {
         let store = Store::connect(
             &settings.database.url,
             settings.database.max_connections,
@@ -71,7 +93,7 @@ impl Application {
             cipher: cipher.clone(),
             metrics: metrics.clone(),
             max_batch_cards: settings.http.max_batch_cards,
-            amqp_url: Some(settings.amqp.url.clone()),
+            bus: Some(bus.clone()),
             events_poll: Duration::from_millis(250),
         };
         let api = if components.contains(&Component::Api) {
@@ -93,8 +115,11 @@ impl Application {
                 let router = Router::new().route(
                     "/metrics",
                     get(move || {
-                        let m = m.clone();
-                        async move { ([("content-type", "text/plain; version=0.0.4")], m.render()) }
+                        let mut page = m.render();
+                        if let Some(more) = &more_metrics {
+                            page.push_str(&more());
+                        }
+                        async move { ([("content-type", "text/plain; version=0.0.4")], page) }
                     }),
                 );
                 Some((listener, router))
@@ -105,7 +130,7 @@ impl Application {
             .contains(&Component::Dispatcher)
             .then(|| Dispatcher {
                 store: store.clone(),
-                amqp_url: settings.amqp.url.clone(),
+                bus: bus.clone(),
                 delivery_limit: settings.amqp.delivery_limit,
                 batch_size: settings.dispatcher.batch_size,
                 poll_interval: Duration::from_millis(settings.dispatcher.poll_interval_ms),
@@ -117,7 +142,7 @@ impl Application {
             });
         let ledger = components.contains(&Component::Ledger).then(|| Ledger {
             store: store.clone(),
-            amqp_url: settings.amqp.url.clone(),
+            bus: bus.clone(),
             batch_size: settings.ledger.batch_size,
             batch_wait: Duration::from_millis(settings.ledger.batch_wait_ms),
             reconnect_max,
@@ -125,7 +150,7 @@ impl Application {
         });
         let gauges = (settings.metrics.refresh_seconds > 0).then(|| GaugeRefresher {
             store: store.clone(),
-            amqp_url: settings.amqp.url.clone(),
+            bus: bus.clone(),
             interval: Duration::from_secs(settings.metrics.refresh_seconds),
             metrics: metrics.clone(),
         });

@@ -8,9 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
+use cardfleet_schemas::bus::{Bus, Props, Publisher};
 use cardfleet_schemas::{self as wire, CardProfile, CardSecrets, InitializeJob, JobSecrets, Meta};
 use futures_util::future::join_all;
-use lapin::options::BasicPublishOptions;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
@@ -23,7 +23,7 @@ use crate::store::initialize::credential_context;
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     pub store: Store,
-    pub amqp_url: String,
+    pub bus: Bus,
     pub delivery_limit: u32,
     pub batch_size: i64,
     pub poll_interval: Duration,
@@ -48,9 +48,9 @@ impl Dispatcher {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let conn = broker::connect(&self.amqp_url, "cardfleet-dispatcher").await?;
-        let channel = broker::confirm_channel(&conn).await?;
-        broker::declare_topology(&channel).await?;
+        let conn = self.bus.connect("cardfleet-dispatcher").await?;
+        let channel = conn.publisher().await?;
+        channel.declare_topology().await?;
         let mut listener = self.store.outbox_listener().await?;
         tracing::info!("dispatcher connected");
         let mut declared: HashSet<String> = HashSet::new();
@@ -62,7 +62,7 @@ impl Dispatcher {
             }
             tokio::select! {
                 _ = shutdown.cancelled() => {
-                    let _ = conn.close(200, "shutdown".into()).await;
+                    conn.close().await;
                     return Ok(());
                 }
                 n = listener.recv() => { n?; }
@@ -71,26 +71,21 @@ impl Dispatcher {
         }
     }
 
-    async fn publish_cancellations(&self, channel: &lapin::Channel) -> anyhow::Result<bool> {
+    async fn publish_cancellations(&self, channel: &Publisher) -> anyhow::Result<bool> {
         let claim = self.store.claim_control_outbox(100).await?;
         if claim.is_empty() {
             return Ok(false);
         }
         for (_, message) in &claim.messages {
             let payload = serde_json::to_vec(message)?;
-            let props = broker::properties(&message.meta().message_id.to_string(), "control");
+            let props = Props::new(&message.meta().message_id.to_string(), "control");
             // A fanout exchange with no worker bound is not an error.
-            let confirm = channel
-                .basic_publish(
-                    wire::CONTROL_EXCHANGE.into(),
-                    "".into(),
-                    BasicPublishOptions::default(),
-                    &payload,
-                    props,
-                )
+            let confirmed = channel
+                .publish(wire::CONTROL_EXCHANGE, "", &payload, &props, false)
                 .await?
+                .confirmed()
                 .await?;
-            if !confirm.is_ack() {
+            if !confirmed {
                 anyhow::bail!("broker refused a control message");
             }
             self.metrics.cancellations_published.inc();
@@ -101,7 +96,7 @@ impl Dispatcher {
 
     async fn publish_jobs(
         &self,
-        channel: &lapin::Channel,
+        channel: &Publisher,
         declared: &mut HashSet<String>,
     ) -> anyhow::Result<bool> {
         let claim = self.store.claim_outbox(self.batch_size).await?;
@@ -110,7 +105,9 @@ impl Dispatcher {
         }
         for job in &claim.jobs {
             if !declared.contains(&job.rack_id) {
-                broker::declare_rack_queue(channel, &job.rack_id, self.delivery_limit).await?;
+                channel
+                    .declare_rack_queue(&job.rack_id, self.delivery_limit)
+                    .await?;
                 declared.insert(job.rack_id.clone());
             }
         }
@@ -125,20 +122,11 @@ impl Dispatcher {
                 }
             };
             let payload = serde_json::to_vec(&message)?;
-            let props = broker::properties(&job.job_id.to_string(), "initialize_job");
+            let props = Props::new(&job.job_id.to_string(), "initialize_job");
             let confirm = channel
-                .basic_publish(
-                    wire::JOBS_EXCHANGE.into(),
-                    job.rack_id.as_str().into(),
-                    BasicPublishOptions {
-                        mandatory: true,
-                        ..BasicPublishOptions::default()
-                    },
-                    &payload,
-                    props,
-                )
+                .publish(wire::JOBS_EXCHANGE, &job.rack_id, &payload, &props, true)
                 .await?;
-            pending.push((i, confirm));
+            pending.push((i, confirm.confirmed()));
         }
         let (indexes, confirms): (Vec<usize>, Vec<_>) = pending.into_iter().unzip();
         let mut published = Vec::with_capacity(indexes.len());
@@ -146,13 +134,8 @@ impl Dispatcher {
         let mut first_error = None;
         for (i, result) in indexes.into_iter().zip(join_all(confirms).await) {
             match result {
-                Ok(c) => {
-                    if c.is_ack() && c.take_message().is_none() {
-                        published.push(i);
-                    } else {
-                        failed += 1;
-                    }
-                }
+                Ok(true) => published.push(i),
+                Ok(false) => failed += 1,
                 Err(e) => {
                     failed += 1;
                     first_error.get_or_insert(e);

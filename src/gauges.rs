@@ -23,8 +23,8 @@ const READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone)]
 pub struct GaugeRefresher {
     pub store: Store,
-    /// RabbitMQ, asked passively for the depth of each rack queue.
-    pub amqp_url: String,
+    /// The bus, asked (passively, on RabbitMQ) for the depth of each rack queue.
+    pub bus: cardfleet_schemas::bus::Bus,
     pub interval: Duration,
     pub metrics: Metrics,
 }
@@ -75,7 +75,12 @@ impl GaugeRefresher {
         apply_snapshot(&self.metrics, &snapshot, &mut shown.heartbeat);
 
         let racks: Vec<&str> = snapshot.racks.iter().map(|(r, _)| r.as_str()).collect();
-        let depths = tokio::time::timeout(READ_TIMEOUT, probe.depths(&self.amqp_url, &racks)).await;
+        let depths = match &self.bus {
+            cardfleet_schemas::bus::Bus::Amqp(url) => {
+                tokio::time::timeout(READ_TIMEOUT, probe.depths(url, &racks)).await
+            }
+            cardfleet_schemas::bus::Bus::Memory(bus) => Ok(memory_depths(bus, &racks)),
+        };
         let error = match depths {
             Ok(Ok(depths)) => {
                 recovered("broker", &mut failing.broker);
@@ -144,6 +149,20 @@ fn set_rack_series<P: Atomic>(
         vec.with_label_values(&[rack]).set(*value);
     }
     *shown = now;
+}
+
+/// Messages ready in each rack's queue of the in-process bus.
+fn memory_depths(
+    bus: &cardfleet_schemas::bus::MemoryBus,
+    racks: &[&str],
+) -> anyhow::Result<Vec<(String, i64)>> {
+    let mut depths = Vec::with_capacity(racks.len());
+    for rack in racks {
+        if let Some(n) = bus.queue_depth(&wire::rack_queue(rack))? {
+            depths.push(((*rack).to_owned(), i64::try_from(n).unwrap_or(i64::MAX)));
+        }
+    }
+    Ok(depths)
 }
 
 /// A connection and channel for passive queue declarations, opened lazily

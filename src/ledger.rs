@@ -5,14 +5,10 @@
 
 use std::time::Duration;
 
+use cardfleet_schemas::bus::{Bus, Consumer, Delivery, Props, Publisher};
 use cardfleet_schemas::{
     self as wire, EncodeResult, EventMessage, Failure, InitializeJob, Meta, Outcome, ResultMessage,
 };
-use futures_util::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
@@ -23,7 +19,7 @@ use crate::store::ledger::{Applied, DeadLetter};
 #[derive(Debug, Clone)]
 pub struct Ledger {
     pub store: Store,
-    pub amqp_url: String,
+    pub bus: Bus,
     pub batch_size: usize,
     pub batch_wait: Duration,
     pub reconnect_max: Duration,
@@ -63,40 +59,34 @@ impl Ledger {
     }
 
     async fn session(&self, shutdown: &CancellationToken) -> anyhow::Result<()> {
-        let conn = broker::connect(&self.amqp_url, "cardfleet-ledger").await?;
-        let publisher = broker::confirm_channel(&conn).await?;
-        broker::declare_topology(&publisher).await?;
+        let conn = self.bus.connect("cardfleet-ledger").await?;
+        let publisher = conn.publisher().await?;
+        publisher.declare_topology().await?;
         let mut loops = Vec::new();
         for source in [Source::Results, Source::Events, Source::Dead] {
-            let channel = conn.create_channel().await?;
             let prefetch = u16::try_from(self.batch_size * 2).unwrap_or(u16::MAX);
-            channel
-                .basic_qos(prefetch, BasicQosOptions::default())
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    source.queue().into(),
-                    format!("cardfleet-ledger-{}", source.queue()).into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
+            let consumer = conn
+                .consume(
+                    source.queue(),
+                    prefetch,
+                    &format!("cardfleet-ledger-{}", source.queue()),
                 )
                 .await?;
-            loops.push(self.consume(source, channel, consumer, &publisher, shutdown));
+            loops.push(self.consume(source, consumer, &publisher, shutdown));
         }
         tracing::info!("ledger connected");
         // One consumer failing ends the session; closing the connection hands
         // its unacked messages back to the broker for the next session.
         let result = futures_util::future::try_join_all(loops).await;
-        let _ = conn.close(200, "shutdown".into()).await;
+        conn.close().await;
         result.map(|_| ())
     }
 
     async fn consume(
         &self,
         source: Source,
-        channel: Channel,
         mut consumer: Consumer,
-        publisher: &Channel,
+        publisher: &Publisher,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         loop {
@@ -137,30 +127,25 @@ impl Ledger {
                     Err(e) => return Err(e),
                 }
             }
-            // Everything up to the last tag of this channel is in `batch`.
+            // Everything up to the last delivery of this consumer is in `batch`.
             if let Some(last) = batch.last() {
-                channel
-                    .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
-                    .await?;
+                consumer.ack_through(last).await?;
             }
         }
     }
 
     async fn dead_letter(
         &self,
-        publisher: &Channel,
+        publisher: &Publisher,
         delivery: &Delivery,
         source: &str,
         reason: &str,
     ) -> anyhow::Result<()> {
-        let message_id = delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|s| s.as_str());
+        let message_id = delivery.message_id();
         tracing::warn!(%source, %reason, "dead-lettering a message");
-        let props = broker::dead_letter_properties(message_id, source, reason);
-        if !broker::publish_confirmed(publisher, wire::DEAD_EXCHANGE, "", &delivery.data, props)
+        let props = Props::dead_letter(message_id.as_deref(), source, reason);
+        if !publisher
+            .publish_confirmed(wire::DEAD_EXCHANGE, "", delivery.data(), &props)
             .await?
         {
             anyhow::bail!("broker did not confirm a dead letter");
@@ -185,11 +170,11 @@ impl Ledger {
         }
     }
 
-    async fn apply_results(&self, batch: &[Delivery], publisher: &Channel) -> anyhow::Result<()> {
+    async fn apply_results(&self, batch: &[Delivery], publisher: &Publisher) -> anyhow::Result<()> {
         let mut messages = Vec::with_capacity(batch.len());
         let mut origin = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode::<ResultMessage>(&delivery.data, ResultMessage::meta) {
+            match decode::<ResultMessage>(delivery.data(), ResultMessage::meta) {
                 Ok(m) => {
                     messages.push(m);
                     origin.push(delivery);
@@ -227,10 +212,11 @@ impl Ledger {
         Ok(())
     }
 
-    async fn apply_events(&self, batch: &[Delivery], publisher: &Channel) -> anyhow::Result<()> {
+    async fn apply_events(&self, batch: &[Delivery], publisher: &Publisher) -> anyhow::Result<()> {
         let mut events = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode::<EventMessage>(&delivery.data, EventMessage::meta).and_then(valid_event) {
+            match decode::<EventMessage>(delivery.data(), EventMessage::meta).and_then(valid_event)
+            {
                 Ok(e) => events.push(e),
                 Err(reason) => {
                     self.dead_letter(publisher, delivery, wire::SLOT_EVENTS_QUEUE, &reason)
@@ -251,13 +237,15 @@ impl Ledger {
         let mut letters = Vec::with_capacity(batch.len());
         let mut exhausted = Vec::new();
         for delivery in batch {
-            let props = &delivery.properties;
-            let (reason, source) = match broker::header_text(props, broker::REASON_HEADER) {
+            let (reason, source) = match delivery.header_text(broker::REASON_HEADER) {
                 Some(reason) => (
                     reason,
-                    broker::header_text(props, broker::SOURCE_HEADER).unwrap_or_default(),
+                    delivery
+                        .header_text(broker::SOURCE_HEADER)
+                        .unwrap_or_default(),
                 ),
-                None => broker::broker_death(props)
+                None => delivery
+                    .bus_death()
                     .unwrap_or_else(|| ("unknown".into(), "unknown".into())),
             };
             let source_label = if source.starts_with("cardfleet.rack.") {
@@ -272,7 +260,7 @@ impl Ledger {
                 .dead_letters
                 .with_label_values(&[source_label])
                 .inc();
-            if let Ok(job) = serde_json::from_slice::<InitializeJob>(&delivery.data) {
+            if let Ok(job) = serde_json::from_slice::<InitializeJob>(delivery.data()) {
                 exhausted.push(ResultMessage::EncodeResult(EncodeResult {
                     meta: Meta::now(),
                     job_id: job.job_id,
@@ -296,8 +284,8 @@ impl Ledger {
             letters.push(DeadLetter {
                 source,
                 reason,
-                message_id: props.message_id().as_ref().map(|s| s.as_str().to_owned()),
-                payload: redacted_payload(&delivery.data),
+                message_id: delivery.message_id(),
+                payload: redacted_payload(delivery.data()),
             });
         }
         if !exhausted.is_empty() {

@@ -30,7 +30,8 @@ pub struct AppState {
     pub metrics: Metrics,
     pub max_batch_cards: usize,
     /// Broker URL checked by `/readyz`; `None` when no broker is used.
-    pub amqp_url: Option<String>,
+    /// The bus the readiness probe checks, if any.
+    pub bus: Option<cardfleet_schemas::bus::Bus>,
     /// How often the event stream looks for new transitions.
     pub events_poll: Duration,
 }

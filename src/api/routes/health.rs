@@ -22,20 +22,12 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
         tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
         Ok(Ok(()))
     );
-    let broker = match &state.amqp_url {
+    let broker = match &state.bus {
         None => true,
-        Some(url) => match tokio::time::timeout(
-            Duration::from_secs(2),
-            crate::broker::connect(url, "cardfleet-readyz"),
-        )
-        .await
-        {
-            Ok(Ok(conn)) => {
-                let _ = conn.close(200, "readyz".into()).await;
-                true
-            }
-            _ => false,
-        },
+        Some(bus) => matches!(
+            tokio::time::timeout(Duration::from_secs(2), bus.ping()).await,
+            Ok(Ok(()))
+        ),
     };
     let status = if database && broker {
         StatusCode::OK
