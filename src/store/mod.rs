@@ -11,6 +11,7 @@ pub mod initialize;
 pub mod ledger;
 pub mod postgres;
 pub mod racks;
+pub mod recovery;
 pub mod sqlite;
 
 use sqlx::PgPool;

@@ -232,6 +232,15 @@ impl MemoryBus {
         Ok(self.lock()?.queues.get(queue).map(|q| q.ready.len()))
     }
 
+    /// Messages in a queue not yet settled: ready plus delivered-unacked.
+    pub fn outstanding(&self, queue: &str) -> Result<Option<usize>, BusError> {
+        Ok(self
+            .lock()?
+            .queues
+            .get(queue)
+            .map(|q| q.ready.len() + q.unacked.len()))
+    }
+
     /// Consumes a queue with manual acks and at most `prefetch` unsettled.
     pub fn consume(&self, queue: &str, prefetch: u16) -> Result<MemoryConsumer, BusError> {
         let mut state = self.lock()?;

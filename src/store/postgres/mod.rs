@@ -9,6 +9,7 @@ mod gauges;
 mod initialize;
 mod ledger;
 mod racks;
+mod recovery;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
 

@@ -13,6 +13,7 @@ mod gauges;
 mod initialize;
 mod ledger;
 mod racks;
+mod recovery;
 
 use std::str::FromStr;
 use std::sync::Arc;
