@@ -36,6 +36,15 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a standalone batch on embedded defaults: no services needed.
+    Demo(crate::demo::DemoOptions),
+    /// Run API, dispatcher, ledger and one worker in one process, on a
+    /// SQLite file and an in-process bus (no RabbitMQ or PostgreSQL).
+    Standalone {
+        /// Where the SQLite database, its keys and simulated cards' state live.
+        #[arg(long, env = "CARDFLEET_DATA_DIR", default_value = "cardfleet-data")]
+        data_dir: PathBuf,
+    },
     /// Run the control plane: API, dispatcher and ledger (or some of them).
     Serve {
         /// Run only these components (repeatable).
@@ -126,6 +135,41 @@ pub fn init_tracing(filter: &str, json: bool) {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(options) => {
+            init_tracing("warn", false);
+            let summary = crate::demo::run(&options).await?;
+            if !summary.all_unassigned() {
+                bail!("not every card ended unassigned");
+            }
+            Ok(())
+        }
+        Command::Standalone { data_dir } => {
+            let file = cli
+                .config
+                .clone()
+                .or_else(|| Some(PathBuf::from("cardfleet.toml")).filter(|p| p.exists()));
+            let defaults = crate::standalone::data_dir_defaults(&data_dir)?;
+            let settings = Settings::load_layered(file.as_deref(), &defaults, &[])?;
+            init_tracing(&settings.log.filter, settings.log.format == "json");
+            let worker = crate::standalone::worker_settings(file.as_deref(), &data_dir, &[])?;
+            let app = crate::standalone::Standalone::build(&settings, &worker).await?;
+            tracing::info!(
+                port = app.port(),
+                data_dir = %data_dir.display(),
+                rack = app.rack_id(),
+                reader = ?worker.reader.kind,
+                slots = worker.reader.slots,
+                "cardfleet standalone listening"
+            );
+            let shutdown = CancellationToken::new();
+            let token = shutdown.clone();
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!("shutdown requested; finishing in-flight cards");
+                token.cancel();
+            });
+            app.run_until_stopped(shutdown).await
+        }
         Command::Serve { only } => {
             let settings = Settings::load(cli.config.as_deref())?;
             init_tracing(&settings.log.filter, settings.log.format == "json");
@@ -311,7 +355,11 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
             );
             Ok(())
         }
-        Command::Serve { .. } | Command::Migrate | Command::Topology { .. } => Ok(()),
+        Command::Serve { .. }
+        | Command::Migrate
+        | Command::Topology { .. }
+        | Command::Demo(_)
+        | Command::Standalone { .. } => Ok(()),
     }
 }
 

@@ -163,10 +163,26 @@ impl Settings {
         file: Option<&Path>,
         overrides: &[(&str, String)],
     ) -> Result<Self, SettingsError> {
+        Self::load_layered(file, &[], overrides)
+    }
+
+    /// As [`Settings::load_with`], with `defaults` replacing the embedded
+    /// ones (standalone mode: its data directory); the file and the
+    /// environment still override them.
+    pub fn load_layered(
+        file: Option<&Path>,
+        defaults: &[(&str, String)],
+        overrides: &[(&str, String)],
+    ) -> Result<Self, SettingsError> {
         let mut builder = config::Config::builder();
         for (key, value) in DEFAULTS {
             builder = builder
                 .set_default(*key, *value)
+                .map_err(|e| SettingsError(e.to_string()))?;
+        }
+        for (key, value) in defaults {
+            builder = builder
+                .set_default(*key, value.as_str())
                 .map_err(|e| SettingsError(e.to_string()))?;
         }
         builder = match file {

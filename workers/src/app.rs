@@ -60,7 +60,8 @@ pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<
     Ok(cards)
 }
 
-fn draw_faults(rng: &mut impl Rng, settings: &WorkerSettings) -> SimFaults {
+/// Faults for one simulated card, drawn at the configured rates.
+pub fn draw_faults(rng: &mut impl Rng, settings: &WorkerSettings) -> SimFaults {
     let mut faults = SimFaults::default();
     if rng.gen_bool(settings.simulated.removal_rate) {
         faults.pull_after_apdus = Some(rng.gen_range(3..30));

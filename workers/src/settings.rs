@@ -146,10 +146,23 @@ pub struct SettingsError(String);
 
 impl WorkerSettings {
     pub fn load(file: Option<&Path>, overrides: &[(&str, String)]) -> Result<Self, SettingsError> {
+        Self::load_layered(file, &[], overrides)
+    }
+
+    /// As [`WorkerSettings::load`], with `defaults` replacing embedded ones
+    /// (standalone mode names its own rack); file and environment still win.
+    pub fn load_layered(
+        file: Option<&Path>,
+        defaults: &[(&str, String)],
+        overrides: &[(&str, String)],
+    ) -> Result<Self, SettingsError> {
         let err = |e: config::ConfigError| SettingsError(e.to_string());
         let mut builder = config::Config::builder();
         for (key, value) in DEFAULTS {
             builder = builder.set_default(*key, *value).map_err(err)?;
+        }
+        for (key, value) in defaults {
+            builder = builder.set_default(*key, value.as_str()).map_err(err)?;
         }
         builder = builder
             .set_default("reader.name_patterns", Vec::<String>::new())

@@ -38,6 +38,10 @@ pub struct SimFaults {
 pub struct SimCard {
     pub options: CardOptions,
     pub faults: SimFaults,
+    /// Load the card even if it left the rack before: the control plane
+    /// still waits for it (its result was lost in a crash), so the operator
+    /// puts it back and the engine finds its work already done.
+    pub reload: bool,
 }
 
 impl SimCard {
@@ -45,6 +49,7 @@ impl SimCard {
         Self {
             options: CardOptions::with_serial(chip_serial),
             faults: SimFaults::default(),
+            reload: false,
         }
     }
 }
@@ -285,7 +290,7 @@ fn slot_thread(
         if current.is_none()
             && let Some(card) = feed.next()
         {
-            if left_the_rack(state_dir.as_deref(), &card) {
+            if !card.reload && left_the_rack(state_dir.as_deref(), &card) {
                 // Finished before a restart: the operator does not load it again.
                 continue;
             }

@@ -1,0 +1,377 @@
+//! Standalone mode: the API, dispatcher, ledger and one worker in one
+//! process, on a SQLite file and the in-process bus. The domain code, the
+//! state machine and the worker runtime are the fleet's own; only the store
+//! backend and the bus differ.
+//!
+//! The in-process bus lives in memory. A restart on the same database
+//! therefore puts every job the previous run had on the bus back into the
+//! outbox, and the simulated rack's hopper reloads every card still
+//! initializing: the engine's on-card journal makes a card whose work was
+//! done answer at once with the same credentials.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use cardfleet_schemas::bus::{Bus, MemoryBus};
+use cardfleet_worker::metrics::WorkerMetrics;
+use cardfleet_worker::rack::Rack;
+use cardfleet_worker::rack::simulated::{CardFeed, OutputTray, SimCard};
+use cardfleet_worker::runtime::{self, RuntimeConfig};
+use cardfleet_worker::settings::{ReaderKind, WorkerSettings};
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{Application, Component};
+use crate::domain::CardState;
+use crate::settings::Settings;
+use crate::store::Store;
+use crate::store::cards::CardFilter;
+
+/// The SQLite database inside the data directory.
+pub const DATABASE_FILE: &str = "cardfleet.sqlite";
+/// The generated credential keys inside the data directory (mode 0600).
+pub const KEYS_FILE: &str = "keys.toml";
+/// Saved chip states of the simulated rack inside the data directory.
+pub const CARDS_DIR: &str = "cards";
+/// The rack id of the local rack unless `worker.rack_id` says otherwise.
+pub const LOCAL_RACK: &str = "local";
+
+/// How long a clean stop waits for the ledger to apply what the worker sent.
+const SETTLE: Duration = Duration::from_secs(10);
+
+/// Settings defaults for a data directory: its SQLite file and its keys,
+/// generated on first use. A configuration file or the environment may
+/// still override every one of them.
+pub fn data_dir_defaults(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+    let keys = load_or_create_keys(&dir.join(KEYS_FILE))?;
+    Ok(vec![
+        (
+            "database.url",
+            format!("sqlite://{}", dir.join(DATABASE_FILE).display()),
+        ),
+        ("database.max_connections", "4".into()),
+        ("credentials.key_id", keys.key_id),
+        ("credentials.encryption_key", keys.encryption_key),
+        ("credentials.master_key", keys.master_key),
+    ])
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Keys {
+    key_id: String,
+    encryption_key: String,
+    master_key: String,
+}
+
+fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    hex::encode(bytes)
+}
+
+fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
+    if path.exists() {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        return toml::from_str(&text)
+            .with_context(|| format!("{} is not a keys file", path.display()));
+    }
+    let keys = Keys {
+        key_id: "local-1".into(),
+        encryption_key: random_hex(),
+        master_key: random_hex(),
+    };
+    let text = format!(
+        "# Keys of this standalone data directory: the credential encryption key\n\
+         # and the management-key master key. Losing them loses every stored\n\
+         # PIN and PUK and every card's management key. Keep a copy offline.\n{}",
+        toml::to_string(&keys)?
+    );
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode_0600()
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    Ok(keys)
+}
+
+trait Mode0600 {
+    fn mode_0600(&mut self) -> &mut Self;
+}
+
+impl Mode0600 for std::fs::OpenOptions {
+    #[cfg(unix)]
+    fn mode_0600(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.mode(0o600)
+    }
+    #[cfg(not(unix))]
+    fn mode_0600(&mut self) -> &mut Self {
+        self
+    }
+}
+
+/// The worker side of standalone mode as settings give it.
+pub fn worker_settings(
+    file: Option<&Path>,
+    data_dir: &Path,
+    overrides: &[(&str, String)],
+) -> anyhow::Result<WorkerSettings> {
+    let mut all = vec![("worker.rack_id", LOCAL_RACK.to_owned())];
+    all.extend(overrides.iter().cloned());
+    let mut settings = WorkerSettings::load_layered(file, &all[..1], &all[1..])?;
+    if settings.simulated.state_dir.is_none() {
+        settings.simulated.state_dir = Some(data_dir.join(CARDS_DIR));
+    }
+    Ok(settings)
+}
+
+/// Standalone mode, built and ready to run.
+pub struct Standalone {
+    app: Application,
+    bus: MemoryBus,
+    worker: RuntimeConfig,
+    rack: Rack,
+    worker_metrics: WorkerMetrics,
+    hopper: Option<Hopper>,
+    redispatched: usize,
+}
+
+impl std::fmt::Debug for Standalone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Standalone")
+            .field("rack_id", &self.worker.rack_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Standalone {
+    /// Opens the store (SQLite unless configured otherwise), recovers what a
+    /// previous run left on the bus, and starts the local rack.
+    pub async fn build(settings: &Settings, worker: &WorkerSettings) -> anyhow::Result<Self> {
+        let bus = MemoryBus::new();
+        let worker_metrics = WorkerMetrics::new();
+        let page = worker_metrics.clone();
+        let app = Application::build_on(
+            settings,
+            &Component::ALL,
+            Bus::Memory(bus.clone()),
+            Some(Arc::new(move || page.render())),
+        )
+        .await?;
+        let redispatched = app
+            .store()
+            .redispatch_in_flight("standalone")
+            .await
+            .context("re-dispatching the jobs of the previous run")?;
+        if redispatched > 0 {
+            tracing::info!(
+                jobs = redispatched,
+                "re-dispatching jobs the previous run had in flight"
+            );
+        }
+        let (rack, hopper) = match worker.reader.kind {
+            ReaderKind::Simulated => {
+                let feed = CardFeed::default();
+                let rack = cardfleet_worker::app::simulated_rack(
+                    worker,
+                    feed.clone(),
+                    OutputTray::default(),
+                );
+                let hopper = Hopper {
+                    feed,
+                    settings: worker.clone(),
+                    fed: HashSet::new(),
+                    refused: HashSet::new(),
+                };
+                (rack, Some(hopper))
+            }
+            ReaderKind::Pcsc => (
+                cardfleet_worker::rack::pcsc_rack(&worker.reader.name_patterns)?,
+                None,
+            ),
+        };
+        let mut config = cardfleet_worker::app::runtime_config(worker);
+        config.bus = Bus::Memory(bus.clone());
+        Ok(Self {
+            app,
+            bus,
+            worker: config,
+            rack,
+            worker_metrics,
+            hopper,
+            redispatched,
+        })
+    }
+
+    pub fn port(&self) -> Option<u16> {
+        self.app.port()
+    }
+
+    pub fn metrics_port(&self) -> Option<u16> {
+        self.app.metrics_port()
+    }
+
+    pub fn store(&self) -> &Store {
+        self.app.store()
+    }
+
+    pub fn rack_id(&self) -> &str {
+        &self.worker.rack_id
+    }
+
+    /// The worker's metrics (also on the metrics page).
+    pub fn worker_metrics(&self) -> &WorkerMetrics {
+        &self.worker_metrics
+    }
+
+    /// Jobs put back into the outbox at start because a previous run had
+    /// them on the bus when it stopped.
+    pub fn redispatched(&self) -> usize {
+        self.redispatched
+    }
+
+    /// Runs until `shutdown`; then the worker finishes its cards, the ledger
+    /// applies their results, and the control plane stops.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let Self {
+            app,
+            bus,
+            worker,
+            rack,
+            worker_metrics,
+            hopper,
+            ..
+        } = self;
+        let store = app.store().clone();
+        let app_stop = CancellationToken::new();
+        let mut app_task = tokio::spawn(app.run_until_stopped(app_stop.clone()));
+        let worker_task =
+            tokio::spawn(runtime::run(worker, rack, worker_metrics, shutdown.clone()));
+        if let Some(hopper) = hopper {
+            tokio::spawn(hopper.run(store, shutdown.clone()));
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            ended = &mut app_task => {
+                // The control plane failed on its own: stop the worker too.
+                shutdown.cancel();
+                let _ = worker_task.await;
+                return ended.context("the control plane task failed")?;
+            }
+        }
+        let _ = worker_task.await;
+        settle(&bus).await;
+        app_stop.cancel();
+        app_task.await.context("the control plane task failed")?
+    }
+}
+
+/// Waits (boundedly) until the ledger has applied what the worker sent.
+async fn settle(bus: &MemoryBus) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    while tokio::time::Instant::now() < deadline {
+        let left: usize = [
+            cardfleet_schemas::RESULTS_QUEUE,
+            cardfleet_schemas::SLOT_EVENTS_QUEUE,
+            cardfleet_schemas::DEAD_QUEUE,
+        ]
+        .iter()
+        .map(|q| bus.outstanding(q).ok().flatten().unwrap_or(0))
+        .sum();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::warn!(
+        "stopping with results not yet applied; the next start re-dispatches their jobs"
+    );
+}
+
+/// The simulated rack's input: every card the store shows as initializing
+/// is put in, once, as an operator loads the cards of submitted batches.
+struct Hopper {
+    feed: CardFeed,
+    settings: WorkerSettings,
+    fed: HashSet<String>,
+    /// Chip serials a simulated card cannot have (not a decimal 32-bit number).
+    refused: HashSet<String>,
+}
+
+impl Hopper {
+    const PAGE: i64 = 1000;
+
+    async fn run(mut self, store: Store, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_millis(200));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = self.fill(&store).await {
+                        tracing::warn!(error = %e, "cannot read the cards to load into the simulated rack");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn fill(&mut self, store: &Store) -> anyhow::Result<()> {
+        let mut initializing = HashSet::new();
+        let mut offset = 0;
+        loop {
+            let page = store
+                .list_cards(&CardFilter {
+                    card_type: None,
+                    state: Some(CardState::Initializing),
+                    limit: Self::PAGE,
+                    offset,
+                })
+                .await?;
+            let n = page.len();
+            for card in page {
+                initializing.insert(card.chip_serial.clone());
+                if self.fed.contains(&card.chip_serial) || self.refused.contains(&card.chip_serial)
+                {
+                    continue;
+                }
+                let Ok(serial) = card.chip_serial.parse::<u32>() else {
+                    tracing::warn!(
+                        chip = %card.chip_serial,
+                        "a simulated card needs a decimal 32-bit chip serial; not loading it"
+                    );
+                    self.refused.insert(card.chip_serial);
+                    continue;
+                };
+                let mut sim = SimCard::new(serial);
+                sim.faults =
+                    cardfleet_worker::app::draw_faults(&mut rand::thread_rng(), &self.settings);
+                sim.reload = true;
+                self.feed.push(sim);
+                self.fed.insert(card.chip_serial);
+            }
+            if n < Self::PAGE as usize {
+                break;
+            }
+            offset += Self::PAGE;
+        }
+        // A card that is no longer initializing may come back in a new batch.
+        self.fed.retain(|s| initializing.contains(s));
+        Ok(())
+    }
+}
+
+/// The data directory a new user gets without `--data-dir`.
+pub fn default_data_dir() -> PathBuf {
+    PathBuf::from("cardfleet-data")
+}

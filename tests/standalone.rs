@@ -1,0 +1,352 @@
+//! Standalone mode as a new user runs it: the `cardfleet demo` command, and
+//! `cardfleet standalone` killed with SIGKILL in the middle of a batch and
+//! started again on the same data directory.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use cardfleet::credentials::{CredentialCipher, Sealed};
+use cardfleet_worker::piv::{StateStore, VirtualPivCard};
+use serde_json::{Value, json};
+use sqlx::sqlite::SqlitePoolOptions;
+use uuid::Uuid;
+
+fn cardfleet() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cardfleet"));
+    // A configuration of the machine must not leak in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("CARDFLEET") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+fn retried(stdout: &str) -> u64 {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("retried"))
+        .unwrap_or_else(|| panic!("no retried line in:\n{stdout}"));
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn the_demo_encodes_every_card_and_recovers_from_pulled_cards() {
+    let dir = tempdir();
+    let kept = dir.path().join("kept");
+    let out = cardfleet()
+        .args([
+            "demo",
+            "--cards",
+            "150",
+            "--slots",
+            "8",
+            "--card-latency",
+            "0",
+        ])
+        .args(["--faults", "0.2", "--keep"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("succeeded   150"), "{stdout}");
+    assert!(stdout.contains("every card is now unassigned"), "{stdout}");
+    assert!(stdout.contains("cards/s"), "{stdout}");
+    // 150 cards at a 20% fault rate: none retried would mean no faults ran.
+    assert!(retried(&stdout) > 0, "{stdout}");
+    assert!(stdout.contains("sqlite3"), "says how to inspect: {stdout}");
+
+    // The kept database agrees with the summary, independently of it.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let states: Vec<(String, i64)> = runtime.block_on(async {
+        let pool = SqlitePoolOptions::new()
+            .connect(&format!(
+                "sqlite://{}",
+                kept.join("cardfleet.sqlite").display()
+            ))
+            .await
+            .unwrap();
+        sqlx::query_as("SELECT state, count(*) FROM cards GROUP BY state")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(states, vec![("unassigned".to_owned(), 150)]);
+
+    // A kept directory is never reused: the demo starts fresh or not at all.
+    let again = cardfleet()
+        .args(["demo", "--cards", "1", "--keep"])
+        .arg(&kept)
+        .output()
+        .unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already holds a cardfleet database"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn the_demo_refuses_a_fault_rate_outside_0_to_1() {
+    let out = cardfleet()
+        .args(["demo", "--cards", "1", "--faults", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--faults must be between 0 and 1"),
+        "{stderr}"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn_standalone(data_dir: &Path, port: u16, log: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    cardfleet()
+        .args(["standalone", "--data-dir"])
+        .arg(data_dir)
+        .env("CARDFLEET__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("CARDFLEET__METRICS__LISTEN", "127.0.0.1:0")
+        .env("CARDFLEET__READER__SLOTS", "16")
+        .env("CARDFLEET__SIMULATED__LATENCY_MS", "1")
+        .env("CARDFLEET__SIMULATED__KEYGEN_LATENCY_MS", "5")
+        .env("CARDFLEET__LOG__FILTER", "info")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let value: Value = response.json().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {value}");
+        value
+    }
+
+    async fn wait_ready(&self, child: &mut Child) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("standalone exited early: {status}");
+            }
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.base)).send().await
+                && r.status().is_success()
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "standalone did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn counts(&self, batch: &str) -> (Value, bool) {
+        let status = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/initializations/{batch}?limit=1"),
+                None,
+            )
+            .await;
+        (status["counts"].clone(), status["finished"] == true)
+    }
+}
+
+const CRASH_CARDS: u32 = 2000;
+
+/// (chip serial, job id, key id, PIN nonce, PIN ciphertext)
+type CredentialRow = (String, String, String, Vec<u8>, Vec<u8>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_file() {
+    let dir = tempdir();
+    let data = dir.path().join("data");
+    let log = dir.path().join("standalone.log");
+    let port = free_port();
+    let api = Api {
+        base: format!("http://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    let mut child = spawn_standalone(&data, port, &log);
+    api.wait_ready(&mut child).await;
+
+    let base = 300_000_000u32;
+    let cards: Vec<Value> = (0..CRASH_CARDS)
+        .map(|i| {
+            json!({
+                "card_number": format!("CRASH-{i:05}"),
+                "chip_serial": (base + i).to_string(),
+                "card_type": "temporary",
+                "profile": "temporary-piv"
+            })
+        })
+        .collect();
+    let imported = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/cards/import",
+            Some(json!({ "cards": cards })),
+        )
+        .await;
+    assert_eq!(imported["imported"], CRASH_CARDS);
+    api.call(
+        reqwest::Method::PUT,
+        "/v1/processes/initialize-temporary-card",
+        Some(json!({ "enabled": true })),
+    )
+    .await;
+    let submitted = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/initializations",
+            Some(json!({ "filter": { "type": "temporary", "state": "produced", "limit": CRASH_CARDS } })),
+        )
+        .await;
+    let batch = submitted["batch_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        submitted["accepted"].as_array().unwrap().len(),
+        CRASH_CARDS as usize
+    );
+
+    // Kill it in the middle: some cards done, many in slots or on the bus.
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let done_before = loop {
+        let (counts, finished) = api.counts(&batch).await;
+        let done = counts["succeeded"].as_u64().unwrap();
+        assert!(!finished, "the batch finished before the kill");
+        if done >= u64::from(CRASH_CARDS) / 4 {
+            break done;
+        }
+        assert!(Instant::now() < deadline, "no progress: {counts}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(done_before < u64::from(CRASH_CARDS));
+
+    let mut child = spawn_standalone(&data, port, &log);
+    api.wait_ready(&mut child).await;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let counts = loop {
+        let (counts, finished) = api.counts(&batch).await;
+        if finished {
+            break counts;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the batch did not finish: {counts}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let stopped = child.wait().unwrap();
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(stopped.success(), "clean stop failed: {stopped}\n{text}");
+    assert_eq!(counts["succeeded"], CRASH_CARDS, "{counts}\n{text}");
+    assert!(
+        text.contains("re-dispatching jobs the previous run had in flight"),
+        "the restart recovered nothing:\n{text}"
+    );
+
+    // Every card unassigned, one job and one set of credentials each, and
+    // the PIN on every chip is the stored one.
+    let pool = SqlitePoolOptions::new()
+        .connect(&format!(
+            "sqlite://{}",
+            data.join("cardfleet.sqlite").display()
+        ))
+        .await
+        .unwrap();
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT state, count(*) FROM cards GROUP BY state")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        states,
+        vec![("unassigned".to_owned(), i64::from(CRASH_CARDS))]
+    );
+    let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM jobs")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        jobs,
+        i64::from(CRASH_CARDS),
+        "one job per card, none lost or added"
+    );
+    let keys: HashMap<String, String> =
+        toml::from_str(&std::fs::read_to_string(data.join("keys.toml")).unwrap()).unwrap();
+    let cipher = CredentialCipher::from_hex(&keys["key_id"], &keys["encryption_key"]).unwrap();
+    let rows: Vec<CredentialRow> = sqlx::query_as(
+        "SELECT c.chip_serial, cr.job_id, cr.key_id, cr.pin_nonce, cr.pin_ct
+         FROM credentials cr JOIN cards c ON c.id = cr.card_id WHERE cr.status = 'active'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        rows.len(),
+        CRASH_CARDS as usize,
+        "one active credential set per card"
+    );
+    for (serial, job_id, key_id, nonce, ciphertext) in rows {
+        let job_id: Uuid = job_id.parse().unwrap();
+        let context = cardfleet::store::initialize::credential_context(job_id, "pin");
+        let pin = cipher
+            .open(&key_id, &Sealed { nonce, ciphertext }, &context)
+            .unwrap();
+        let state = StateStore::open(data.join("cards").join(&serial))
+            .unwrap()
+            .load()
+            .unwrap()
+            .unwrap_or_else(|| panic!("no saved chip for {serial}"));
+        let mut card = VirtualPivCard::from_state(state);
+        card.reset();
+        let select = [0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0, 0x00, 0x00, 0x03, 0x08];
+        card.process(&select);
+        let mut verify = vec![0x00, 0x20, 0x00, 0x80, 0x08];
+        let mut data = pin.expose().as_bytes().to_vec();
+        data.resize(8, 0xFF);
+        verify.extend_from_slice(&data);
+        assert!(
+            card.process(&verify).ends_with(&[0x90, 0x00]),
+            "chip {serial} does not hold its stored PIN"
+        );
+    }
+}
