@@ -1681,6 +1681,49 @@ async fn a_lock_conflict_is_a_transient_error_and_a_constraint_violation_is_not(
     assert!(!StoreError::NotFound.is_transient());
 }
 
+// ------------------------------------------------------------- rack keys
+
+async fn an_enrolled_rack_has_its_key_and_re_enrolment_replaces_it_with_an_audit_row(db: Db) {
+    assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), None);
+    let first = [7u8; 32];
+    let second = [9u8; 32];
+    db.store.enroll_rack(RACK, &first, ACTOR).await.unwrap();
+    assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), Some(first));
+    assert_eq!(db.store.rack_public_key("rack-2").await.unwrap(), None);
+
+    db.store
+        .enroll_rack(RACK, &second, "re-enroller")
+        .await
+        .unwrap();
+    assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), Some(second));
+    assert_eq!(db.audit("rack.enrolled").await, 2);
+
+    let trail: Vec<AuditRow> = db
+        .audit_trail()
+        .await
+        .into_iter()
+        .filter(|r| r.1 == "rack.enrolled")
+        .collect();
+    assert_eq!(trail[0].0, ACTOR);
+    assert_eq!(trail[1].0, "re-enroller");
+    let detail = trail[1].8.as_ref().unwrap();
+    assert_eq!(detail["rack_id"], RACK);
+    assert_eq!(
+        detail["key_fingerprint"],
+        cardfleet::store::rack_keys::fingerprint(&second)
+    );
+    assert_eq!(
+        detail["replaced_key_fingerprint"],
+        cardfleet::store::rack_keys::fingerprint(&first)
+    );
+    assert!(trail[0].8.as_ref().unwrap()["replaced_key_fingerprint"].is_null());
+    // The audit trail names keys by fingerprint, never by the key itself.
+    for row in &trail {
+        let text = row.8.as_ref().unwrap().to_string();
+        assert!(!text.contains(&hex::encode(first)) && !text.contains(&hex::encode(second)));
+    }
+}
+
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1734,6 +1777,7 @@ store_tests!(
     concurrent_writers_all_commit,
     the_audit_trail_records_every_transition_with_its_detail,
     a_lock_conflict_is_a_transient_error_and_a_constraint_violation_is_not,
+    an_enrolled_rack_has_its_key_and_re_enrolment_replaces_it_with_an_audit_row,
 );
 
 /// What only a SQLite store has: a file.

@@ -10,6 +10,7 @@ pub mod gauges;
 pub mod initialize;
 pub mod ledger;
 pub mod postgres;
+pub mod rack_keys;
 pub mod racks;
 pub mod recovery;
 pub mod sqlite;

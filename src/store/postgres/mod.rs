@@ -8,6 +8,7 @@ mod dispatch;
 mod gauges;
 mod initialize;
 mod ledger;
+mod rack_keys;
 mod racks;
 mod recovery;
 

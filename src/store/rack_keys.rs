@@ -1,0 +1,59 @@
+//! The public keys racks enrolled with: the dispatcher seals each job's
+//! secrets to its rack's key. Enrolment (and re-enrolment, which replaces
+//! the key) is audited with a fingerprint of the key, never the key itself.
+
+use sha2::{Digest, Sha256};
+
+use super::{AuditRows, Result, Store, on_backend};
+
+/// Audit action of an enrolment.
+pub const ENROLLED: &str = "rack.enrolled";
+
+/// Hex of the first 16 bytes of SHA-256 of a public key: enough to tell
+/// keys apart in the audit trail and in logs.
+pub fn fingerprint(public_key: &[u8; 32]) -> String {
+    hex::encode(&Sha256::digest(public_key)[..16])
+}
+
+/// The audit row of an enrolment.
+pub(super) fn enroll_audit(
+    rack_id: &str,
+    public_key: &[u8; 32],
+    replaced: Option<&[u8]>,
+) -> AuditRows {
+    let mut audit = AuditRows::default();
+    let previous = replaced.and_then(|k| <&[u8; 32]>::try_from(k).ok().map(fingerprint));
+    audit.push_admin(
+        ENROLLED,
+        serde_json::json!({
+            "rack_id": rack_id,
+            "key_fingerprint": fingerprint(public_key),
+            "replaced_key_fingerprint": previous,
+        }),
+    );
+    audit
+}
+
+impl Store {
+    /// Records `public_key` as the key of `rack_id`, replacing any earlier
+    /// key, with an audit row `rack.enrolled` in the same transaction.
+    pub async fn enroll_rack(
+        &self,
+        rack_id: &str,
+        public_key: &[u8; 32],
+        actor: &str,
+    ) -> Result<()> {
+        on_backend!(self, s => s.enroll_rack(rack_id, public_key, actor).await)
+    }
+
+    /// The key `rack_id` enrolled with, if it has.
+    pub async fn rack_public_key(&self, rack_id: &str) -> Result<Option<[u8; 32]>> {
+        on_backend!(self, s => s.rack_public_key(rack_id).await)
+    }
+}
+
+/// A stored key as 32 bytes; the migrations' CHECK makes any other length
+/// impossible, so anything else reads as "not enrolled".
+pub(super) fn stored_key(bytes: Option<Vec<u8>>) -> Option<[u8; 32]> {
+    bytes.and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+}
