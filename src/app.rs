@@ -51,7 +51,7 @@ impl Application {
         Self::build_on(
             settings,
             components,
-            Bus::Amqp(settings.amqp.url.clone()),
+            Bus::Amqp(settings.amqp.endpoint()),
             None,
         )
         .await

@@ -76,8 +76,8 @@ impl GaugeRefresher {
 
         let racks: Vec<&str> = snapshot.racks.iter().map(|(r, _)| r.as_str()).collect();
         let depths = match &self.bus {
-            cardfleet_schemas::bus::Bus::Amqp(url) => {
-                tokio::time::timeout(READ_TIMEOUT, probe.depths(url, &racks)).await
+            cardfleet_schemas::bus::Bus::Amqp(endpoint) => {
+                tokio::time::timeout(READ_TIMEOUT, probe.depths(endpoint, &racks)).await
             }
             cardfleet_schemas::bus::Bus::Memory(bus) => Ok(memory_depths(bus, &racks)),
         };
@@ -175,10 +175,14 @@ struct QueueProbe {
 
 impl QueueProbe {
     /// Messages ready in each rack's queue; racks without a queue are left out.
-    async fn depths(&mut self, url: &str, racks: &[&str]) -> anyhow::Result<Vec<(String, i64)>> {
+    async fn depths(
+        &mut self,
+        endpoint: &broker::Endpoint,
+        racks: &[&str],
+    ) -> anyhow::Result<Vec<(String, i64)>> {
         let mut depths = Vec::with_capacity(racks.len());
         for rack in racks {
-            let channel = self.channel(url).await?;
+            let channel = self.channel(endpoint).await?;
             let declared = channel
                 .queue_declare(
                     wire::rack_queue(rack).as_str().into(),
@@ -201,7 +205,7 @@ impl QueueProbe {
         Ok(depths)
     }
 
-    async fn channel(&mut self, url: &str) -> anyhow::Result<lapin::Channel> {
+    async fn channel(&mut self, endpoint: &broker::Endpoint) -> anyhow::Result<lapin::Channel> {
         if let Some(channel) = &self.channel
             && channel.status().connected()
         {
@@ -209,7 +213,7 @@ impl QueueProbe {
         }
         let conn = match self.conn.take() {
             Some(conn) if conn.status().connected() => conn,
-            _ => broker::connect(url, "cardfleet-metrics").await?,
+            _ => broker::connect_endpoint(endpoint, "cardfleet-metrics").await?,
         };
         let channel = conn.create_channel().await;
         self.conn = Some(conn);

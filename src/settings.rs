@@ -47,6 +47,30 @@ pub struct AmqpSettings {
     /// Deliveries of one job before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
     pub reconnect_max_seconds: u64,
+    /// CA certificate (PEM) that signed the broker's, trusted besides the
+    /// system CA store (`amqps://`).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for brokers that require one.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PKCS#8 PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+impl AmqpSettings {
+    /// The broker endpoint: URL plus TLS files.
+    pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
+        cardfleet_schemas::amqp::Endpoint {
+            url: self.url.clone(),
+            tls: cardfleet_schemas::amqp::TlsFiles {
+                ca_file: self.tls_ca_file.clone(),
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+            },
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -235,6 +259,9 @@ impl Settings {
         .map_err(|e| SettingsError(e.to_string()))?;
         crate::credentials::MasterKey::from_hex(&self.credentials.master_key)
             .map_err(|e| SettingsError(e.to_string()))?;
+        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
+            return bad("amqp.tls_*", problem);
+        }
         Ok(())
     }
 }

@@ -2,6 +2,7 @@
 //! topology of DESIGN.md (declared by every service at start and
 //! exported as `deploy/rabbitmq/definitions.json`), and confirmed publishing.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate as wire;
@@ -22,6 +23,100 @@ pub const SOURCE_HEADER: &str = "x-cardfleet-source";
 pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     Connection::connect(url, properties).await
+}
+
+/// Files for TLS to RabbitMQ (`amqps://` URLs): the CA that signed the
+/// broker's certificate (trusted besides the system's CA store), and a
+/// client certificate and its key (PEM) for brokers that require one.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// What is wrong with the combination, if anything.
+    pub fn problem(&self, url: &str) -> Option<&'static str> {
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Some("a client certificate and its key go together");
+        }
+        if !self.is_empty() && !url.starts_with("amqps://") {
+            return Some("TLS files are set but the URL is not amqps://");
+        }
+        None
+    }
+}
+
+/// RabbitMQ: where, and with which TLS files.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub url: String,
+    pub tls: TlsFiles,
+}
+
+impl Endpoint {
+    /// An endpoint without TLS files.
+    pub fn plain(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls: TlsFiles::default(),
+        }
+    }
+}
+
+/// Why a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Amqp(#[from] AmqpError),
+    #[error("TLS to RabbitMQ: {0}")]
+    Tls(String),
+}
+
+fn read_tls_file(path: &Path) -> Result<Vec<u8>, ConnectError> {
+    std::fs::read(path).map_err(|e| ConnectError::Tls(format!("cannot read {}: {e}", path.display())))
+}
+
+/// Connects to an endpoint, with TLS when its URL is `amqps://`.
+pub async fn connect_endpoint(endpoint: &Endpoint, name: &str) -> Result<Connection, ConnectError> {
+    if let Some(problem) = endpoint.tls.problem(&endpoint.url) {
+        return Err(ConnectError::Tls(problem.into()));
+    }
+    if endpoint.tls.is_empty() {
+        return Ok(connect(&endpoint.url, name).await?);
+    }
+    let cert_chain = match &endpoint.tls.ca_file {
+        Some(path) => Some(
+            String::from_utf8(read_tls_file(path)?)
+                .map_err(|_| ConnectError::Tls(format!("{} is not PEM text", path.display())))?,
+        ),
+        None => None,
+    };
+    let identity = match (&endpoint.tls.cert_file, &endpoint.tls.key_file) {
+        (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
+            pem: read_tls_file(cert)?,
+            key: read_tls_file(key)?,
+        }),
+        _ => None,
+    };
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    let runtime = lapin::runtime::default_runtime()?;
+    Ok(Connection::connect_with_config(
+        &endpoint.url,
+        properties,
+        lapin::tcp::OwnedTLSConfig {
+            identity,
+            cert_chain,
+        },
+        runtime,
+    )
+    .await?)
 }
 
 /// A channel in confirm mode.

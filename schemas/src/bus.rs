@@ -22,10 +22,21 @@ use crate::amqp as rabbit;
 pub enum BusError {
     #[error("amqp: {0}")]
     Amqp(#[from] lapin::Error),
+    #[error("{0}")]
+    Tls(String),
     #[error("bus refused: {0}")]
     Refused(String),
     #[error("bus closed: {0}")]
     Closed(String),
+}
+
+impl From<rabbit::ConnectError> for BusError {
+    fn from(e: rabbit::ConnectError) -> Self {
+        match e {
+            rabbit::ConnectError::Amqp(e) => BusError::Amqp(e),
+            rabbit::ConnectError::Tls(t) => BusError::Tls(t),
+        }
+    }
 }
 
 /// Message properties cardfleet uses: id, type and text headers.
@@ -88,8 +99,8 @@ impl Props {
 /// Where to find the bus.
 #[derive(Debug, Clone)]
 pub enum Bus {
-    /// RabbitMQ at an `amqp://` URL.
-    Amqp(String),
+    /// RabbitMQ at an `amqp://` or `amqps://` URL.
+    Amqp(rabbit::Endpoint),
     /// The in-process bus of standalone mode.
     Memory(MemoryBus),
 }
@@ -97,8 +108,8 @@ pub enum Bus {
 impl Bus {
     pub async fn connect(&self, name: &str) -> Result<Connection, BusError> {
         match self {
-            Bus::Amqp(url) => Ok(Connection::Amqp(Box::new(
-                rabbit::connect(url, name).await?,
+            Bus::Amqp(endpoint) => Ok(Connection::Amqp(Box::new(
+                rabbit::connect_endpoint(endpoint, name).await?,
             ))),
             Bus::Memory(bus) => Ok(Connection::Memory(bus.clone())),
         }
@@ -106,8 +117,8 @@ impl Bus {
 
     /// Whether the bus can be reached (the readiness probe).
     pub async fn ping(&self) -> Result<(), BusError> {
-        if let Bus::Amqp(url) = self {
-            let conn = rabbit::connect(url, "cardfleet-readiness").await?;
+        if let Bus::Amqp(endpoint) = self {
+            let conn = rabbit::connect_endpoint(endpoint, "cardfleet-readiness").await?;
             let _ = conn.close(200, "probe".into()).await;
         }
         Ok(())

@@ -21,7 +21,7 @@ pub fn runtime_config(settings: &WorkerSettings) -> RuntimeConfig {
     RuntimeConfig {
         rack_id: settings.worker.rack_id.clone(),
         worker_id: settings.worker_id(),
-        bus: cardfleet_schemas::bus::Bus::Amqp(settings.amqp.url.clone()),
+        bus: cardfleet_schemas::bus::Bus::Amqp(settings.amqp.endpoint()),
         delivery_limit: settings.amqp.delivery_limit,
         max_attempts: settings.worker.max_attempts,
         retry_backoff: Duration::from_millis(settings.worker.retry_backoff_ms),

@@ -128,6 +128,30 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("reader.type", "simulated"),
     ("reader.slots", "16"),
     ("simulated.latency_ms", "0"),
+    /// CA certificate (PEM) that signed the broker's, trusted besides the
+    /// system CA store (`amqps://`).
+    #[serde(default)]
+    pub tls_ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM), for brokers that require one.
+    #[serde(default)]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    /// The client certificate's private key (PKCS#8 PEM).
+    #[serde(default)]
+    pub tls_key_file: Option<std::path::PathBuf>,
+}
+
+impl AmqpSection {
+    /// The broker endpoint: URL plus TLS files.
+    pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
+        cardfleet_schemas::amqp::Endpoint {
+            url: self.url.clone(),
+            tls: cardfleet_schemas::amqp::TlsFiles {
+                ca_file: self.tls_ca_file.clone(),
+                cert_file: self.tls_cert_file.clone(),
+                key_file: self.tls_key_file.clone(),
+            },
+        }
+    }
     ("simulated.keygen_latency_ms", "0"),
     ("simulated.removal_rate", "0"),
     ("simulated.mute_rate", "0"),
@@ -226,6 +250,9 @@ impl WorkerSettings {
     }
 
     pub fn worker_id(&self) -> String {
+        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
+            return bad("amqp.tls_*", problem);
+        }
         self.worker
             .id
             .clone()

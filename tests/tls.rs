@@ -1,0 +1,331 @@
+//! TLS to RabbitMQ (amqps, CA file, client certificate) and to PostgreSQL
+//! (sslmode, CA), against the real services. The local services listen in
+//! plain text, so each test puts a TLS-terminating proxy with a certificate
+//! from a fresh self-signed CA in front of them: the client side (cardfleet's
+//! connection code) is exercised exactly as against a TLS-enabled server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod support;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cardfleet::store::Store;
+use cardfleet_schemas::amqp::{Endpoint, TlsFiles, connect_endpoint};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A CA, a server certificate for localhost/127.0.0.1 and a client
+/// certificate, as PEM files in a temporary directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    server_der: CertificateDer<'static>,
+    server_key: Vec<u8>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cardfleet test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let server_key = rcgen::KeyPair::generate().unwrap();
+        let server = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
+            .unwrap()
+            .signed_by(&server_key, &ca, &ca_key)
+            .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let mut client_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        client_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "cardfleet-worker");
+        let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
+        std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
+        Self {
+            server_der: server.der().clone(),
+            server_key: server_key.serialize_der(),
+            ca,
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn files(&self, client_certificate: bool) -> TlsFiles {
+        TlsFiles {
+            ca_file: Some(self.path("ca.pem")),
+            cert_file: client_certificate.then(|| self.path("client.pem")),
+            key_file: client_certificate.then(|| self.path("client.key")),
+        }
+    }
+
+    fn acceptor(&self, require_client_certificate: bool) -> tokio_rustls::TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_certificate {
+            let mut roots = rustls::RootCertStore::empty();
+            roots.add(self.ca.der().clone()).unwrap();
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .unwrap();
+            builder.with_client_cert_verifier(verifier)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let config = builder
+            .with_single_cert(
+                vec![self.server_der.clone()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.clone())),
+            )
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// PostgreSQL's SSLRequest: length 8, code 80877103.
+const SSL_REQUEST: [u8; 8] = [0, 0, 0, 8, 4, 210, 22, 47];
+
+/// Listens on a loopback port, terminates TLS and forwards to `upstream`.
+/// With `postgres`, first answers PostgreSQL's SSLRequest as a server would.
+async fn tls_proxy(
+    acceptor: tokio_rustls::TlsAcceptor,
+    upstream: &'static str,
+    postgres: bool,
+) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if postgres {
+                    let mut request = [0u8; 8];
+                    if inbound.read_exact(&mut request).await.is_err() || request != SSL_REQUEST {
+                        return; // a plain-text client is not served
+                    }
+                    if inbound.write_all(b"S").await.is_err() {
+                        return;
+                    }
+                }
+                let Ok(mut tls) = acceptor.accept(inbound).await else {
+                    return;
+                };
+                let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut outbound).await;
+            });
+        }
+    });
+    port
+}
+
+async fn amqp_round_trip(endpoint: &Endpoint) -> anyhow::Result<Vec<u8>> {
+    use futures_util::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
+    use lapin::types::FieldTable;
+    let conn = tokio::time::timeout(Duration::from_secs(20), connect_endpoint(endpoint, "tls-test"))
+        .await??;
+    let channel = conn.create_channel().await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let mut consumer = channel
+        .basic_consume(
+            queue.name().clone(),
+            "tls".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_publish(
+            "".into(),
+            queue.name().as_str().into(),
+            BasicPublishOptions::default(),
+            b"over tls",
+            lapin::BasicProperties::default(),
+        )
+        .await?;
+    let delivery = tokio::time::timeout(Duration::from_secs(10), consumer.next())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("consumer closed"))??;
+    let _ = conn.close(200, "done".into()).await;
+    Ok(delivery.data)
+}
+
+fn amqps(port: u16, tls: TlsFiles) -> Endpoint {
+    Endpoint {
+        url: format!("amqps://guest:guest@localhost:{port}/%2f"),
+        tls,
+    }
+}
+
+#[tokio::test]
+async fn amqps_with_the_ca_and_a_client_certificate_carries_messages() {
+    let pki = Pki::new();
+    let port = tls_proxy(pki.acceptor(true), "127.0.0.1:5672", false).await;
+    let data = amqp_round_trip(&amqps(port, pki.files(true)))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_eq!(data, b"over tls");
+}
+
+#[tokio::test]
+async fn amqps_without_the_required_client_certificate_is_refused() {
+    let pki = Pki::new();
+    let port = tls_proxy(pki.acceptor(true), "127.0.0.1:5672", false).await;
+    assert!(amqp_round_trip(&amqps(port, pki.files(false))).await.is_err());
+}
+
+#[tokio::test]
+async fn amqps_to_a_broker_signed_by_another_ca_is_refused() {
+    let pki = Pki::new();
+    let other = Pki::new();
+    let port = tls_proxy(pki.acceptor(false), "127.0.0.1:5672", false).await;
+    assert!(
+        amqp_round_trip(&amqps(port, other.files(false)))
+            .await
+            .is_err(),
+        "a certificate from an unknown CA must not be trusted"
+    );
+    // The right CA works through the same proxy.
+    assert!(amqp_round_trip(&amqps(port, pki.files(false))).await.is_ok());
+}
+
+#[test]
+fn tls_settings_that_cannot_work_are_refused_at_start() {
+    let key = support::ENCRYPTION_KEY.to_owned();
+    let master = support::MASTER_KEY.to_owned();
+    let load = |extra: &[(&str, &str)]| {
+        let mut overrides = vec![
+            ("database.url", "postgres://postgres@127.0.0.1/x".to_owned()),
+            ("credentials.encryption_key", key.clone()),
+            ("credentials.master_key", master.clone()),
+        ];
+        overrides.extend(extra.iter().map(|(k, v)| (*k, (*v).to_owned())));
+        cardfleet::settings::Settings::load_with(None, &overrides)
+    };
+    // amqps alone trusts the system's CA store.
+    assert!(load(&[("amqp.url", "amqps://localhost:5671/%2f")]).is_ok());
+    let err = load(&[
+        ("amqp.url", "amqps://localhost:5671/%2f"),
+        ("amqp.tls_ca_file", "/ca.pem"),
+        ("amqp.tls_cert_file", "/client.pem"),
+    ])
+    .unwrap_err();
+    assert!(err.to_string().contains("go together"), "{err}");
+    let err = load(&[("amqp.tls_ca_file", "/ca.pem")]).unwrap_err();
+    assert!(err.to_string().contains("not amqps"), "{err}");
+    assert!(
+        load(&[
+            ("amqp.url", "amqps://localhost:5671/%2f"),
+            ("amqp.tls_ca_file", "/ca.pem"),
+        ])
+        .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn postgres_with_sslmode_verify_full_and_the_ca_connects_through_tls() {
+    let pki = Pki::new();
+    let port = tls_proxy(pki.acceptor(false), "127.0.0.1:5432", true).await;
+    let ca = pki.path("ca.pem");
+    let url = format!(
+        "postgres://postgres@localhost:{port}/test?sslmode=verify-full&sslrootcert={}",
+        ca.display()
+    );
+    // The proxy serves only clients that ask for TLS, so success means TLS.
+    let store = Store::connect(&url, 2, false).await.unwrap();
+    store.ping().await.unwrap();
+
+    let other = Pki::new();
+    let url = format!(
+        "postgres://postgres@localhost:{port}/test?sslmode=verify-full&sslrootcert={}",
+        other.path("ca.pem").display()
+    );
+    assert!(
+        Store::connect(&url, 2, false).await.is_err(),
+        "a server certificate from an unknown CA must not be trusted"
+    );
+    // Plain text is refused by this "server", as sslmode=disable would be by a TLS-only one.
+    let url = format!("postgres://postgres@localhost:{port}/test?sslmode=disable");
+    assert!(Store::connect(&url, 2, false).await.is_err());
+}
+
+#[tokio::test]
+async fn the_control_plane_runs_over_tls_to_both_services() {
+    let pki = Pki::new();
+    let amqp_port = tls_proxy(pki.acceptor(true), "127.0.0.1:5672", false).await;
+    let pg_port = tls_proxy(pki.acceptor(false), "127.0.0.1:5432", true).await;
+    let db = format!("cardfleet_tls_{}", uuid::Uuid::new_v4().simple());
+    let ca = pki.path("ca.pem").display().to_string();
+    let settings = cardfleet::settings::Settings::load_with(
+        None,
+        &[
+            (
+                "database.url",
+                format!("postgres://postgres@localhost:{pg_port}/{db}?sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            ("amqp.url", format!("amqps://guest:guest@localhost:{amqp_port}/%2f")),
+            ("amqp.tls_ca_file", ca.clone()),
+            ("amqp.tls_cert_file", pki.path("client.pem").display().to_string()),
+            ("amqp.tls_key_file", pki.path("client.key").display().to_string()),
+            ("http.listen", "127.0.0.1:0".into()),
+            ("metrics.listen", "127.0.0.1:0".into()),
+            ("metrics.refresh_seconds", "0".into()),
+            ("credentials.encryption_key", support::ENCRYPTION_KEY.into()),
+            ("credentials.master_key", support::MASTER_KEY.into()),
+        ],
+    )
+    .unwrap();
+    let app = cardfleet::app::Application::build(&settings, &cardfleet::app::Component::ALL)
+        .await
+        .unwrap();
+    let port = app.port().unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let running = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+    // Ready means: the database answered and the broker accepted a connection, both over TLS.
+    let client = reqwest::Client::new();
+    let mut ready = false;
+    for _ in 0..100 {
+        let r = client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        if r.status().is_success() {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert!(ready, "the control plane did not become ready over TLS");
+}
