@@ -1724,6 +1724,195 @@ async fn an_enrolled_rack_has_its_key_and_re_enrolment_replaces_it_with_an_audit
     }
 }
 
+async fn a_restart_redispatches_dispatched_and_encoding_jobs_with_their_credentials(db: Db) {
+    let ids = db.import("RD", 4).await;
+    db.insert_chips("RD", &[0, 1, 2, 3]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let jobs: Vec<Uuid> = {
+        let mut v = Vec::new();
+        for id in &ids {
+            v.push(db.job_id(*id).await);
+        }
+        v
+    };
+    // One encoding, one finished, two still dispatched.
+    db.store
+        .apply_results(
+            &[
+                started(jobs[0]),
+                started(jobs[1]),
+                finished(jobs[1], ids[1], Outcome::Succeeded, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.job_state(ids[0]).await, "encoding");
+    assert_eq!(db.rows("outbox").await, 0);
+
+    assert_eq!(db.store.redispatch_in_flight(ACTOR).await.unwrap(), 3);
+    assert_eq!(db.job_state(ids[0]).await, "queued");
+    assert_eq!(db.job_state(ids[1]).await, "succeeded", "finished jobs stay");
+    assert_eq!(db.job_state(ids[2]).await, "queued");
+    assert_eq!(db.rows("outbox").await, 3);
+    assert_eq!(db.audit("job.redispatched").await, 3);
+    // The same jobs and credentials go out again: no new job, no new PIN.
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    let again: Vec<Uuid> = claim.jobs.iter().map(|j| j.job_id).collect();
+    assert_eq!(again, vec![jobs[0], jobs[2], jobs[3]]);
+    claim.finish(&[0, 1, 2], ACTOR).await.unwrap();
+    assert_eq!(db.rows("jobs").await, 4);
+    // Another restart before their results resends them again, unchanged.
+    assert_eq!(db.store.redispatch_in_flight(ACTOR).await.unwrap(), 3);
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    claim.finish(&[0, 1, 2], ACTOR).await.unwrap();
+    // A finished job is never sent again.
+    for (job, card) in [(jobs[0], ids[0]), (jobs[2], ids[2]), (jobs[3], ids[3])] {
+        db.store
+            .apply_results(&[finished(job, card, Outcome::Succeeded, None)], ACTOR)
+            .await
+            .unwrap();
+    }
+    assert_eq!(db.store.redispatch_in_flight(ACTOR).await.unwrap(), 0);
+    assert_eq!(db.rows("outbox").await, 0);
+}
+
+// ------------------------------------------------------------- key rotation
+
+/// Every stored credential: (job, key id, PIN, PUK), by job id.
+async fn stored_credentials(
+    db: &Db,
+) -> Vec<(
+    Uuid,
+    String,
+    cardfleet::credentials::Sealed,
+    cardfleet::credentials::Sealed,
+)> {
+    use cardfleet::credentials::Sealed;
+    let sql = "SELECT job_id, key_id, pin_nonce, pin_ct, puk_nonce, puk_ct FROM credentials
+               ORDER BY job_id";
+    type Row<T> = (T, String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+    let rows: Vec<Row<Uuid>> = match &db.raw {
+        Raw::Postgres(p) => sqlx::query_as(sql).fetch_all(p).await.unwrap(),
+        Raw::Sqlite(p, _) => {
+            let rows: Vec<Row<String>> = sqlx::query_as(sql).fetch_all(p).await.unwrap();
+            rows.into_iter()
+                .map(|(j, k, a, b, c, d)| (j.parse().unwrap(), k, a, b, c, d))
+                .collect()
+        }
+    };
+    rows.into_iter()
+        .map(|(job, key, pn, pc, un, uc)| {
+            let pin = Sealed {
+                nonce: pn,
+                ciphertext: pc,
+            };
+            let puk = Sealed {
+                nonce: un,
+                ciphertext: uc,
+            };
+            (job, key, pin, puk)
+        })
+        .collect()
+}
+
+/// The plaintext PIN and PUK of every credential, opened with `cipher`.
+async fn opened_credentials(db: &Db, cipher: &CredentialCipher) -> Vec<(Uuid, String, String)> {
+    stored_credentials(db)
+        .await
+        .into_iter()
+        .map(|(job, key, pin, puk)| {
+            let pin = cipher
+                .open(&key, &pin, &credential_context(job, "pin"))
+                .unwrap();
+            let puk = cipher
+                .open(&key, &puk, &credential_context(job, "puk"))
+                .unwrap();
+            (job, pin.expose().to_owned(), puk.expose().to_owned())
+        })
+        .collect()
+}
+
+async fn rotation_re_encrypts_every_credential_under_the_new_key_and_a_second_run_does_nothing(
+    db: Db,
+) {
+    let ids = db.import("K", 5).await;
+    db.insert_chips("K", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    let before = opened_credentials(&db, &db.cipher).await;
+    assert_eq!(before.len(), 5);
+
+    const NEW_KEY: &str = "5555555555555555555555555555555555555555555555555555555555555555";
+    let ring = CredentialCipher::from_hex("k2", NEW_KEY)
+        .unwrap()
+        .with_previous("test-key", support::ENCRYPTION_KEY)
+        .unwrap();
+    // The keyring reads the old rows before rotation, as the API,
+    // dispatcher and ledger do while it runs.
+    assert_eq!(opened_credentials(&db, &ring).await, before);
+    assert_eq!(
+        db.store.credential_key_counts().await.unwrap(),
+        [("test-key".to_owned(), 5)]
+    );
+
+    let mut batches = Vec::new();
+    loop {
+        let n = db.store.rotate_credentials(&ring, 2, ACTOR).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        batches.push(n);
+    }
+    assert_eq!(batches, [2, 2, 1]);
+    assert_eq!(
+        db.store.credential_key_counts().await.unwrap(),
+        [("k2".to_owned(), 5)]
+    );
+    // Re-encrypted: the new key alone opens them, with the same PIN and PUK.
+    let only_new = CredentialCipher::from_hex("k2", NEW_KEY).unwrap();
+    assert_eq!(opened_credentials(&db, &only_new).await, before);
+    assert!(
+        stored_credentials(&db)
+            .await
+            .iter()
+            .all(|(_, key, _, _)| key == "k2")
+    );
+    assert_eq!(db.audit("credentials.rotated").await, 3);
+
+    // Idempotent: nothing is left under a previous key.
+    assert_eq!(
+        db.store.rotate_credentials(&ring, 2, ACTOR).await.unwrap(),
+        0
+    );
+    assert_eq!(db.audit("credentials.rotated").await, 3);
+    // A keyring without previous keys has nothing to do either.
+    assert_eq!(
+        db.store
+            .rotate_credentials(&only_new, 2, ACTOR)
+            .await
+            .unwrap(),
+        0
+    );
+
+    // The dispatcher's view: claimed jobs carry the new key id and open.
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    assert!(!claim.jobs.is_empty());
+    for job in &claim.jobs {
+        assert_eq!(job.key_id, "k2");
+        assert!(
+            ring.open(
+                &job.key_id,
+                &job.pin,
+                &credential_context(job.job_id, "pin")
+            )
+            .is_ok()
+        );
+    }
+}
+
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1747,6 +1936,7 @@ macro_rules! store_tests {
 
 store_tests!(
     import_stores_valid_rows_and_reports_each_rejected_row,
+    a_restart_redispatches_dispatched_and_encoding_jobs_with_their_credentials,
     an_empty_import_changes_nothing,
     cards_list_by_type_and_state_in_id_order_with_paging,
     card_detail_shows_the_job_history_and_unknown_cards_are_not_found,
