@@ -47,16 +47,9 @@ pub struct AmqpSettings {
     /// Deliveries of one job before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
     pub reconnect_max_seconds: u64,
-    /// CA certificate (PEM) that signed the broker's, trusted besides the
-    /// system CA store (`amqps://`).
+    /// TLS files for `amqps://` URLs (`amqp.tls.ca_file`, `cert_file`, `key_file`).
     #[serde(default)]
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// Client certificate (PEM), for brokers that require one.
-    #[serde(default)]
-    pub tls_cert_file: Option<std::path::PathBuf>,
-    /// The client certificate's private key (PKCS#8 PEM).
-    #[serde(default)]
-    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls: cardfleet_schemas::amqp::TlsFiles,
 }
 
 impl AmqpSettings {
@@ -64,11 +57,7 @@ impl AmqpSettings {
     pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
         cardfleet_schemas::amqp::Endpoint {
             url: self.url.clone(),
-            tls: cardfleet_schemas::amqp::TlsFiles {
-                ca_file: self.tls_ca_file.clone(),
-                cert_file: self.tls_cert_file.clone(),
-                key_file: self.tls_key_file.clone(),
-            },
+            tls: self.tls.clone(),
         }
     }
 }
@@ -260,7 +249,7 @@ impl Settings {
         crate::credentials::MasterKey::from_hex(&self.credentials.master_key)
             .map_err(|e| SettingsError(e.to_string()))?;
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
-            return bad("amqp.tls_*", problem);
+            return bad("amqp.tls", problem);
         }
         Ok(())
     }

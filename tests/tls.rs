@@ -235,17 +235,17 @@ fn tls_settings_that_cannot_work_are_refused_at_start() {
     assert!(load(&[("amqp.url", "amqps://localhost:5671/%2f")]).is_ok());
     let err = load(&[
         ("amqp.url", "amqps://localhost:5671/%2f"),
-        ("amqp.tls_ca_file", "/ca.pem"),
-        ("amqp.tls_cert_file", "/client.pem"),
+        ("amqp.tls.ca_file", "/ca.pem"),
+        ("amqp.tls.cert_file", "/client.pem"),
     ])
     .unwrap_err();
     assert!(err.to_string().contains("go together"), "{err}");
-    let err = load(&[("amqp.tls_ca_file", "/ca.pem")]).unwrap_err();
+    let err = load(&[("amqp.tls.ca_file", "/ca.pem")]).unwrap_err();
     assert!(err.to_string().contains("not amqps"), "{err}");
     assert!(
         load(&[
             ("amqp.url", "amqps://localhost:5671/%2f"),
-            ("amqp.tls_ca_file", "/ca.pem"),
+            ("amqp.tls.ca_file", "/ca.pem"),
         ])
         .is_ok()
     );
@@ -293,9 +293,9 @@ async fn the_control_plane_runs_over_tls_to_both_services() {
                 format!("postgres://postgres@localhost:{pg_port}/{db}?sslmode=verify-full&sslrootcert={ca}"),
             ),
             ("amqp.url", format!("amqps://guest:guest@localhost:{amqp_port}/%2f")),
-            ("amqp.tls_ca_file", ca.clone()),
-            ("amqp.tls_cert_file", pki.path("client.pem").display().to_string()),
-            ("amqp.tls_key_file", pki.path("client.key").display().to_string()),
+            ("amqp.tls.ca_file", ca.clone()),
+            ("amqp.tls.cert_file", pki.path("client.pem").display().to_string()),
+            ("amqp.tls.key_file", pki.path("client.key").display().to_string()),
             ("http.listen", "127.0.0.1:0".into()),
             ("metrics.listen", "127.0.0.1:0".into()),
             ("metrics.refresh_seconds", "0".into()),

@@ -128,16 +128,9 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("reader.type", "simulated"),
     ("reader.slots", "16"),
     ("simulated.latency_ms", "0"),
-    /// CA certificate (PEM) that signed the broker's, trusted besides the
-    /// system CA store (`amqps://`).
+    /// TLS files for `amqps://` URLs (`amqp.tls.ca_file`, `cert_file`, `key_file`).
     #[serde(default)]
-    pub tls_ca_file: Option<std::path::PathBuf>,
-    /// Client certificate (PEM), for brokers that require one.
-    #[serde(default)]
-    pub tls_cert_file: Option<std::path::PathBuf>,
-    /// The client certificate's private key (PKCS#8 PEM).
-    #[serde(default)]
-    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls: cardfleet_schemas::amqp::TlsFiles,
 }
 
 impl AmqpSection {
@@ -145,11 +138,7 @@ impl AmqpSection {
     pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
         cardfleet_schemas::amqp::Endpoint {
             url: self.url.clone(),
-            tls: cardfleet_schemas::amqp::TlsFiles {
-                ca_file: self.tls_ca_file.clone(),
-                cert_file: self.tls_cert_file.clone(),
-                key_file: self.tls_key_file.clone(),
-            },
+            tls: self.tls.clone(),
         }
     }
     ("simulated.keygen_latency_ms", "0"),
@@ -251,7 +240,7 @@ impl WorkerSettings {
 
     pub fn worker_id(&self) -> String {
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
-            return bad("amqp.tls_*", problem);
+            return bad("amqp.tls", problem);
         }
         self.worker
             .id
