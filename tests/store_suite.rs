@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 
 use cardfleet::credentials::CredentialCipher;
 use cardfleet::domain::CardState;
+use cardfleet::store::audit::AuditFilter;
 use cardfleet::store::cards::{CardFilter, ImportRow};
 use cardfleet::store::dispatch::Claim;
 use cardfleet::store::initialize::{Selection, credential_context};
 use cardfleet::store::ledger::{Applied, DeadLetter};
+use cardfleet::store::tokens::{NewToken, Role};
 use cardfleet::store::{INITIALIZE_PROCESS, Store, StoreError};
 use cardfleet_schemas::{
     CardProfile, ControlMessage, EncodeResult, EventMessage, Failure, JobStarted, Meta, Outcome,
@@ -1913,6 +1915,267 @@ async fn rotation_re_encrypts_every_credential_under_the_new_key_and_a_second_ru
     }
 }
 
+async fn the_audit_trail_cannot_be_updated_deleted_or_truncated(db: Db) {
+    db.enable().await;
+    let before = db.audit_trail().await;
+    assert_eq!(before.len(), 1);
+    let statements: &[&str] = match &db.raw {
+        Raw::Postgres(_) => &[
+            "UPDATE audit SET actor = 'mallory'",
+            "DELETE FROM audit",
+            "TRUNCATE audit",
+        ],
+        Raw::Sqlite(..) => &["UPDATE audit SET actor = 'mallory'", "DELETE FROM audit"],
+    };
+    for sql in statements {
+        let refused = match &db.raw {
+            Raw::Postgres(p) => sqlx::query(*sql).execute(p).await.err(),
+            Raw::Sqlite(p, _) => sqlx::query(*sql).execute(p).await.err(),
+        };
+        let error = refused.unwrap_or_else(|| panic!("{sql} was allowed"));
+        assert!(error.to_string().contains("append-only"), "{sql}: {error}");
+    }
+    assert_eq!(db.audit_trail().await, before);
+    // Appending still works.
+    db.store
+        .set_process_enabled(INITIALIZE_PROCESS, false, ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.audit_trail().await.len(), 2);
+}
+
+async fn tokens_authenticate_until_revoked_and_enrollment_tokens_only_once(db: Db) {
+    let new = |name: &str, roles: Vec<Role>| NewToken {
+        name: name.into(),
+        roles,
+        rack_id: None,
+        single_use: false,
+        expires_at: None,
+    };
+    assert!(!db.store.has_tokens().await.unwrap());
+    let secret = db
+        .store
+        .create_token(&new("alice", vec![Role::Officer, Role::Admin]), ACTOR)
+        .await
+        .unwrap();
+    assert!(db.store.has_tokens().await.unwrap());
+    let caller = db
+        .store
+        .authenticate(secret.expose())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(caller.name, "alice");
+    assert_eq!(caller.roles, vec![Role::Admin, Role::Officer]);
+    assert_eq!(db.store.authenticate("cf_guess").await.unwrap(), None);
+    let duplicate = db
+        .store
+        .create_token(&new("alice", vec![Role::Auditor]), ACTOR)
+        .await;
+    assert!(matches!(
+        duplicate,
+        Err(StoreError::Conflict {
+            code: "token_exists",
+            ..
+        })
+    ));
+    assert!(matches!(
+        db.store.create_token(&new("no roles", vec![]), ACTOR).await,
+        Err(StoreError::Invalid(_))
+    ));
+    // Only the hash is stored.
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM api_tokens WHERE token_hash = $1",
+            &secret.hash()
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM api_tokens WHERE token_hash = $1 OR name = $1",
+            secret.expose()
+        )
+        .await,
+        0
+    );
+
+    db.store.revoke_token("alice", "admin-bob").await.unwrap();
+    db.store.revoke_token("alice", "admin-bob").await.unwrap();
+    assert_eq!(db.store.authenticate(secret.expose()).await.unwrap(), None);
+    assert!(matches!(
+        db.store.revoke_token("nobody", ACTOR).await,
+        Err(StoreError::NotFound)
+    ));
+    let listed = db.store.list_tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(listed[0].revoked_at.is_some());
+    assert_eq!(db.audit("token.created").await, 1);
+    assert_eq!(
+        db.audit("token.revoked").await,
+        1,
+        "a second revoke is a no-op"
+    );
+
+    let enrollment = |name: &str, hours: i64| NewToken {
+        name: name.into(),
+        roles: vec![Role::Worker],
+        rack_id: Some(RACK.into()),
+        single_use: true,
+        expires_at: Some(Utc::now() + chrono::Duration::hours(hours)),
+    };
+    let once = db
+        .store
+        .create_token(&enrollment("enroll-1", 1), ACTOR)
+        .await
+        .unwrap();
+    let worker = db.store.authenticate(once.expose()).await.unwrap().unwrap();
+    assert_eq!(worker.rack_id.as_deref(), Some(RACK));
+    assert!(db.store.consume_token(&worker).await.unwrap());
+    assert!(!db.store.consume_token(&worker).await.unwrap());
+    assert_eq!(db.store.authenticate(once.expose()).await.unwrap(), None);
+    let expired = db
+        .store
+        .create_token(&enrollment("enroll-old", -1), ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.store.authenticate(expired.expose()).await.unwrap(), None);
+    assert_eq!(db.audit("token.used").await, 1);
+}
+
+async fn puk_reads_are_audited_and_pin_mailers_are_released_once_then_destroyed(db: Db) {
+    let ids = db.import("E", 2).await;
+    db.insert_chips("E", &[0, 1]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    let unfinished = db
+        .store
+        .release_mailers(batch, "csv", &db.profiles, &db.cipher, "officer")
+        .await;
+    assert!(matches!(
+        unfinished,
+        Err(StoreError::Conflict {
+            code: "batch_not_finished",
+            ..
+        })
+    ));
+    assert!(matches!(
+        db.store
+            .read_puk(ids[0], "why", &db.cipher, "officer")
+            .await,
+        Err(StoreError::NotFound)
+    ));
+    db.dispatch_all().await;
+    for id in &ids {
+        let job = db.job_id(*id).await;
+        db.store
+            .apply_results(&[finished(job, *id, Outcome::Succeeded, None)], ACTOR)
+            .await
+            .unwrap();
+    }
+
+    let puk = db
+        .store
+        .read_puk(ids[0], "locked out", &db.cipher, "officer")
+        .await
+        .unwrap();
+    assert_eq!(puk.puk.expose().len(), 8);
+    assert!(matches!(
+        db.store.read_puk(ids[0], " ", &db.cipher, "officer").await,
+        Err(StoreError::Invalid(_))
+    ));
+    let reads = db
+        .store
+        .list_audit(&AuditFilter {
+            action: Some("credential.puk_read".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(reads.len(), 1);
+    assert_eq!(reads[0].actor, "officer");
+    assert_eq!(reads[0].card_id, Some(ids[0]));
+    assert_eq!(reads[0].job_id, Some(puk.job_id));
+    assert_eq!(
+        reads[0].detail,
+        Some(serde_json::json!({ "reason": "locked out" }))
+    );
+
+    let first = db
+        .store
+        .release_mailers(batch, "csv", &db.profiles, &db.cipher, "officer")
+        .await
+        .unwrap();
+    assert_eq!(first.letters.len(), 2);
+    assert_eq!(first.pins_destroyed_now, 2);
+    let numbers: Vec<&str> = first
+        .letters
+        .iter()
+        .map(|l| l.card_number.as_str())
+        .collect();
+    assert_eq!(numbers, ["E-TC-00000", "E-TC-00001"]);
+    assert!(first.letters.iter().all(|l| l.pin.expose().len() == 6));
+    assert_eq!(
+        db.count(
+            "SELECT count(*) FROM credentials WHERE pin_destroyed_at IS NOT NULL AND length(pin_ct) = 0 AND $1 <> ''",
+            "x"
+        )
+        .await,
+        2
+    );
+    let again = db
+        .store
+        .release_mailers(batch, "csv", &db.profiles, &db.cipher, "officer")
+        .await;
+    assert!(matches!(
+        again,
+        Err(StoreError::Conflict {
+            code: "mailers_already_released",
+            ..
+        })
+    ));
+    let reopened = db.store.reopen_mailers(batch, "admin").await.unwrap();
+    assert_eq!((reopened.pins_left, reopened.pins_destroyed), (0, 2));
+    let after = db
+        .store
+        .release_mailers(batch, "html", &db.profiles, &db.cipher, "officer")
+        .await;
+    assert!(matches!(
+        after,
+        Err(StoreError::Conflict {
+            code: "pins_destroyed",
+            ..
+        })
+    ));
+    // The PUK outlives the PINs.
+    db.store
+        .read_puk(ids[1], "second look", &db.cipher, "officer")
+        .await
+        .unwrap();
+    let by_batch = db
+        .store
+        .list_audit(&AuditFilter {
+            batch_id: Some(batch),
+            action: Some("mailers.released".into()),
+            limit: 10,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(by_batch.len(), 1);
+    assert_eq!(by_batch[0].detail.as_ref().unwrap()["letters"], 2);
+    assert_eq!(db.audit("mailers.reopened").await, 1);
+    // Batch-wide rows are no job transitions.
+    let transitions = db.store.batch_transitions(batch, 0, 1000).await.unwrap();
+    assert!(transitions.iter().all(|t| !t.to.is_empty()));
+    assert!(matches!(
+        db.store.reopen_mailers(Uuid::new_v4(), "admin").await,
+        Err(StoreError::NotFound)
+    ));
+}
+
 macro_rules! store_tests {
     ($($name:ident),* $(,)?) => {
         mod postgres {
@@ -1968,6 +2231,9 @@ store_tests!(
     the_audit_trail_records_every_transition_with_its_detail,
     a_lock_conflict_is_a_transient_error_and_a_constraint_violation_is_not,
     an_enrolled_rack_has_its_key_and_re_enrolment_replaces_it_with_an_audit_row,
+    the_audit_trail_cannot_be_updated_deleted_or_truncated,
+    tokens_authenticate_until_revoked_and_enrollment_tokens_only_once,
+    puk_reads_are_audited_and_pin_mailers_are_released_once_then_destroyed,
 );
 
 /// What only a SQLite store has: a file.

@@ -37,6 +37,10 @@ pub struct CardProfile {
     /// Write a Card Capability Container.
     #[serde(default = "Requirement::optional")]
     pub ccc: Requirement,
+    /// Keep the PINs of a batch after its PIN mailers were released
+    /// (default: destroy them, so the printed letter is the only copy).
+    #[serde(default)]
+    pub keep_pins_after_mailer: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

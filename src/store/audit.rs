@@ -74,4 +74,65 @@ impl AuditRows {
         self.card_state.push(None);
         self.detail.push(Some(detail));
     }
+
+    /// An access to a secret or a batch-wide action (PUK read, mailer
+    /// release): who is the actor, the detail says why and how much, never what.
+    pub fn push_access(
+        &mut self,
+        action: &'static str,
+        ids: (Option<Uuid>, Option<Uuid>, Option<Uuid>),
+        detail: serde_json::Value,
+    ) {
+        let (card_id, job_id, batch_id) = ids;
+        self.action.push(action);
+        self.card_id.push(card_id);
+        self.job_id.push(job_id);
+        self.batch_id.push(batch_id);
+        self.from_state.push(None);
+        self.to_state.push(None);
+        self.card_state.push(None);
+        self.detail.push(Some(detail));
+    }
+}
+
+/// One row of the audit trail as listed by `GET /v1/audit`. Audit rows never
+/// hold a secret: details name tokens, reasons, counts and states only.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: chrono::DateTime<chrono::Utc>,
+    /// Who did it: a token name, or a component (`ledger`, `dispatcher`, ...).
+    pub actor: String,
+    pub action: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub to_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub card_state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<serde_json::Value>,
+}
+
+/// Which audit rows to list: those after `after` (an id) matching every
+/// filter given, oldest first, at most `limit`.
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub batch_id: Option<Uuid>,
+    pub card_id: Option<Uuid>,
+    pub action: Option<String>,
+    pub after: i64,
+    pub limit: i64,
+}
+
+impl super::Store {
+    pub async fn list_audit(&self, filter: &AuditFilter) -> super::Result<Vec<AuditEntry>> {
+        super::on_backend!(self, s => s.list_audit(filter).await)
+    }
 }

@@ -3,9 +3,10 @@
 //! audit rows; the decisions (what moves, what is refused, what is audited)
 //! are made here once, and each backend only reads and writes rows.
 
-mod audit;
+pub mod audit;
 pub mod cards;
 pub mod dispatch;
+pub mod escrow;
 pub mod gauges;
 pub mod initialize;
 pub mod ledger;
@@ -14,6 +15,7 @@ pub mod rack_keys;
 pub mod racks;
 pub mod recovery;
 pub mod sqlite;
+pub mod tokens;
 
 use sqlx::PgPool;
 
@@ -32,6 +34,12 @@ pub enum StoreError {
     ProcessDisabled(String),
     #[error("not found")]
     NotFound,
+    /// The request conflicts with the current state; `code` is the API's.
+    #[error("{message}")]
+    Conflict { code: &'static str, message: String },
+    /// The input breaks a rule of the store (e.g. a token name).
+    #[error("{0}")]
+    Invalid(String),
     #[error("stored credential cannot be read: {0}")]
     Credential(#[from] crate::credentials::CredentialError),
     #[error("database url '{0}' names no supported backend (postgres://, postgresql://, sqlite:)")]

@@ -31,3 +31,43 @@ impl AuditRows {
         Ok(())
     }
 }
+
+impl super::PgStore {
+    pub(in crate::store) async fn list_audit(
+        &self,
+        filter: &crate::store::audit::AuditFilter,
+    ) -> crate::store::Result<Vec<crate::store::audit::AuditEntry>> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT id, at, actor, action, card_id, job_id, batch_id, from_state, to_state, card_state, detail
+             FROM audit
+             WHERE id > $1 AND ($2::uuid IS NULL OR batch_id = $2) AND ($3::uuid IS NULL OR card_id = $3)
+               AND ($4::text IS NULL OR action = $4)
+             ORDER BY id LIMIT $5",
+        )
+        .bind(filter.after)
+        .bind(filter.batch_id)
+        .bind(filter.card_id)
+        .bind(&filter.action)
+        .bind(filter.limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(crate::store::audit::AuditEntry {
+                    id: r.try_get("id")?,
+                    at: r.try_get("at")?,
+                    actor: r.try_get("actor")?,
+                    action: r.try_get("action")?,
+                    card_id: r.try_get("card_id")?,
+                    job_id: r.try_get("job_id")?,
+                    batch_id: r.try_get("batch_id")?,
+                    from_state: r.try_get("from_state")?,
+                    to_state: r.try_get("to_state")?,
+                    card_state: r.try_get("card_state")?,
+                    detail: r.try_get("detail")?,
+                })
+            })
+            .collect()
+    }
+}

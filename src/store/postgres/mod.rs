@@ -5,12 +5,14 @@
 mod audit;
 mod cards;
 mod dispatch;
+mod escrow;
 mod gauges;
 mod initialize;
 mod ledger;
 mod rack_keys;
 mod racks;
 mod recovery;
+mod tokens;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
 

@@ -9,12 +9,14 @@
 mod audit;
 mod cards;
 mod dispatch;
+mod escrow;
 mod gauges;
 mod initialize;
 mod ledger;
 mod rack_keys;
 mod racks;
 mod recovery;
+mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;

@@ -291,7 +291,8 @@ impl SqliteStore {
     ) -> Result<Vec<Transition>> {
         let rows = sqlx::query(
             "SELECT id, at, job_id, card_id, from_state, to_state, card_state FROM audit
-             WHERE batch_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+             WHERE batch_id = $1 AND id > $2
+               AND to_state IS NOT NULL ORDER BY id LIMIT $3",
         )
         .bind(batch_id.hyphenated())
         .bind(after)
