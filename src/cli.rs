@@ -30,6 +30,9 @@ pub struct Cli {
         default_value = "http://127.0.0.1:8080"
     )]
     pub api: String,
+    /// API token for client commands (`cardfleet tokens create`).
+    #[arg(long, global = true, env = "CARDFLEET_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -89,6 +92,21 @@ pub enum Command {
         #[arg(long)]
         card: Option<String>,
     },
+    /// API tokens, directly on the database (no token needed: this is how
+    /// the first admin token is made).
+    Tokens {
+        #[command(flatten)]
+        database: DirectDatabase,
+        #[command(subcommand)]
+        command: TokensCommand,
+    },
+    /// Rack enrollment, directly on the database.
+    Racks {
+        #[command(flatten)]
+        database: DirectDatabase,
+        #[command(subcommand)]
+        command: RacksCommand,
+    },
     /// Print the RabbitMQ topology as definitions for `rabbitmqctl import_definitions`.
     Topology {
         #[arg(long, default_value = "/")]
@@ -110,6 +128,42 @@ pub enum CardsCommand {
         limit: i64,
         #[arg(long, default_value_t = 0)]
         offset: i64,
+    },
+}
+
+/// Where commands that work on the database directly find it.
+#[derive(Debug, clap::Args)]
+pub struct DirectDatabase {
+    /// Use a standalone data directory's database (default: the server's
+    /// configuration, as for `migrate`).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokensCommand {
+    /// Create a token and print its secret (once: only a hash is stored).
+    Create {
+        /// admin, operator, officer or auditor (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<crate::store::tokens::Role>,
+        #[arg(long)]
+        name: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Revoke a token: it is refused from then on.
+    Revoke { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RacksCommand {
+    /// Create a single-use enrollment token for a rack's worker and print it.
+    EnrollToken {
+        rack_id: String,
+        /// Hours until the token expires.
+        #[arg(long, default_value_t = 24)]
+        ttl_hours: u32,
     },
 }
 
@@ -153,6 +207,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&settings.log.filter, settings.log.format == "json");
             let worker = crate::standalone::worker_settings(file.as_deref(), &data_dir, &[])?;
             let app = crate::standalone::Standalone::build(&settings, &worker).await?;
+            if let Some(path) =
+                crate::standalone::ensure_admin_token(app.store(), &data_dir).await?
+            {
+                tracing::info!(
+                    path = %path.display(),
+                    "created the first API token (roles admin and operator); its secret is in this file"
+                );
+            }
             tracing::info!(
                 port = app.port(),
                 data_dir = %data_dir.display(),
@@ -208,7 +270,138 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        command => client_command(&ApiClient::new(&cli.api)?, command).await,
+        Command::Tokens { database, command } => {
+            let store = direct_store(cli.config.as_deref(), &database).await?;
+            tokens_command(&store, command).await
+        }
+        Command::Racks { database, command } => {
+            let store = direct_store(cli.config.as_deref(), &database).await?;
+            racks_command(&store, command).await
+        }
+        command => client_command(&ApiClient::new(&cli.api, cli.token.as_deref())?, command).await,
+    }
+}
+
+/// The store of the server's configuration (or of a standalone data
+/// directory), migrated when the configuration says the server would.
+async fn direct_store(
+    config: Option<&std::path::Path>,
+    database: &DirectDatabase,
+) -> anyhow::Result<crate::store::Store> {
+    let settings = match &database.data_dir {
+        Some(dir) => {
+            let defaults = crate::standalone::data_dir_defaults(dir)?;
+            Settings::load_layered(config, &defaults, &[])?
+        }
+        None => Settings::load(config)?,
+    };
+    let migrate = settings.database.migrate_on_start;
+    let store = crate::store::Store::connect(&settings.database.url, 2, migrate).await?;
+    if migrate {
+        store.migrate().await?;
+    }
+    Ok(store)
+}
+
+/// The actor of audit rows written from the command line.
+fn cli_actor() -> String {
+    let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+    format!("cli:{user}")
+}
+
+async fn tokens_command(store: &crate::store::Store, command: TokensCommand) -> anyhow::Result<()> {
+    use crate::store::tokens::{NewToken, Role};
+    match command {
+        TokensCommand::Create { roles, name } => {
+            if roles.contains(&Role::Worker) {
+                bail!(
+                    "worker tokens are enrollment tokens: use `cardfleet racks enroll-token RACK_ID`"
+                );
+            }
+            let new = NewToken {
+                name,
+                roles,
+                rack_id: None,
+                single_use: false,
+                expires_at: None,
+            };
+            let secret = store.create_token(&new, &cli_actor()).await?;
+            let roles: Vec<&str> = new.roles.iter().map(|r| r.as_str()).collect();
+            eprintln!(
+                "created token '{}' with roles {}; its secret follows and is not shown again",
+                new.name,
+                roles.join(",")
+            );
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        TokensCommand::List => {
+            println!(
+                "{:<24} {:<36} {:<10} {:<25} STATE",
+                "NAME", "ROLES", "RACK", "CREATED"
+            );
+            for t in store.list_tokens().await? {
+                let roles: Vec<&str> = t.roles.iter().map(|r| r.as_str()).collect();
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if t.used_at.is_some() && t.single_use {
+                    "used"
+                } else if t.expires_at.is_some_and(|e| e <= chrono::Utc::now()) {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<24} {:<36} {:<10} {:<25} {state}",
+                    t.name,
+                    roles.join(","),
+                    t.rack_id.as_deref().unwrap_or("-"),
+                    t.created_at.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            Ok(())
+        }
+        TokensCommand::Revoke { name } => {
+            match store.revoke_token(&name, &cli_actor()).await {
+                Ok(()) => println!("token '{name}' is revoked"),
+                Err(crate::store::StoreError::NotFound) => bail!("no token named '{name}'"),
+                Err(e) => return Err(e.into()),
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn racks_command(store: &crate::store::Store, command: RacksCommand) -> anyhow::Result<()> {
+    use crate::store::tokens::{NewToken, Role};
+    match command {
+        RacksCommand::EnrollToken { rack_id, ttl_hours } => {
+            let rack = crate::domain::RackId::parse(&rack_id)?;
+            if ttl_hours == 0 {
+                bail!("--ttl-hours must be at least 1");
+            }
+            let expires_at = chrono::Utc::now() + chrono::Duration::hours(i64::from(ttl_hours));
+            let new = NewToken {
+                name: format!(
+                    "enroll-{}-{}",
+                    rack.as_str(),
+                    &uuid::Uuid::new_v4().simple().to_string()[..8]
+                ),
+                roles: vec![Role::Worker],
+                rack_id: Some(rack.as_str().to_owned()),
+                single_use: true,
+                expires_at: Some(expires_at),
+            };
+            let secret = store.create_token(&new, &cli_actor()).await?;
+            eprintln!(
+                "enrollment token '{}' for rack {} (single use, expires {}); its secret follows and is not shown again",
+                new.name,
+                rack.as_str(),
+                expires_at.format("%Y-%m-%d %H:%M UTC")
+            );
+            println!("{}", secret.expose());
+            Ok(())
+        }
     }
 }
 
@@ -359,6 +552,8 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
         | Command::Migrate
         | Command::Topology { .. }
         | Command::Demo(_)
+        | Command::Tokens { .. }
+        | Command::Racks { .. }
         | Command::Standalone { .. } => Ok(()),
     }
 }

@@ -1,4 +1,5 @@
-//! A small client of the cardfleet API, used by the CLI.
+//! A small client of the cardfleet API, used by the CLI and the demo; it
+//! sends its bearer token with every request.
 
 use std::time::Duration;
 
@@ -7,20 +8,33 @@ use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ApiClient {
     base: String,
     http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for ApiClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiClient")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl ApiClient {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client of the API at `base`, authenticating with `token` (a bearer
+    /// secret from `cardfleet tokens create`) when given.
+    pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
             .build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,
+            token: token.map(str::to_owned),
         })
     }
 
@@ -32,6 +46,9 @@ impl ApiClient {
     ) -> anyhow::Result<T> {
         let url = format!("{}{}", self.base, path);
         let mut request = self.http.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some((content_type, bytes)) = body {
             request = request.header("content-type", content_type).body(bytes);
         }
@@ -48,6 +65,9 @@ impl ApiClient {
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| status.to_string());
+            if status == StatusCode::UNAUTHORIZED && self.token.is_none() {
+                bail!("{code}: {message} (HTTP 401); give a token with --token or CARDFLEET_TOKEN");
+            }
             bail!("{code}: {message} (HTTP {})", status.as_u16());
         }
         if status == StatusCode::NO_CONTENT {

@@ -167,8 +167,23 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
         "  standalone API on http://127.0.0.1:{port}  (SQLite in {})",
         dir.path.display()
     );
-
-    let outcome = drive(options, &format!("http://127.0.0.1:{port}"), &store).await;
+    let tokens = demo_tokens(&store).await;
+    let outcome = match tokens {
+        Ok(tokens) => {
+            println!(
+                "  admin token (roles admin; shown once): {}",
+                tokens.admin.expose()
+            );
+            drive(
+                options,
+                &format!("http://127.0.0.1:{port}"),
+                &store,
+                &tokens,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     shutdown.cancel();
     let stopped = running.await;
     let (batch, elapsed) = outcome?;
@@ -202,13 +217,42 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
     Ok(summary)
 }
 
+/// The demo's API tokens, made through the store as an administrator would
+/// with `cardfleet tokens create`.
+struct DemoTokens {
+    admin: crate::store::tokens::TokenSecret,
+    operator: crate::store::tokens::TokenSecret,
+}
+
+async fn demo_tokens(store: &crate::store::Store) -> anyhow::Result<DemoTokens> {
+    use crate::store::tokens::{NewToken, Role};
+    let token = |name: &str, role: Role| NewToken {
+        name: name.to_owned(),
+        roles: vec![role],
+        rack_id: None,
+        single_use: false,
+        expires_at: None,
+    };
+    Ok(DemoTokens {
+        admin: store
+            .create_token(&token("demo-admin", Role::Admin), "demo")
+            .await?,
+        operator: store
+            .create_token(&token("demo-operator", Role::Operator), "demo")
+            .await?,
+    })
+}
+
 /// Imports, enables, submits and follows the batch; returns it and its time.
+/// The operator token imports and submits; the admin token enables the process.
 async fn drive(
     options: &DemoOptions,
     api: &str,
     store: &crate::store::Store,
+    tokens: &DemoTokens,
 ) -> anyhow::Result<(Uuid, Duration)> {
-    let client = ApiClient::new(api)?;
+    let client = ApiClient::new(api, Some(tokens.operator.expose()))?;
+    let admin = ApiClient::new(api, Some(tokens.admin.expose()))?;
     let base = 100_000_000u32 + rand::random::<u32>() % 1_000_000_000;
     let mut imported = 0u64;
     for start in (0..options.cards).step_by(20_000) {
@@ -231,7 +275,7 @@ async fn drive(
     if imported != u64::from(options.cards) {
         bail!("imported {imported} of {} cards", options.cards);
     }
-    client
+    admin
         .put_json::<Value>(
             "/v1/processes/initialize-temporary-card",
             &json!({ "enabled": true }),

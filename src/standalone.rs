@@ -35,6 +35,11 @@ use crate::store::cards::CardFilter;
 pub const DATABASE_FILE: &str = "cardfleet.sqlite";
 /// The generated credential keys inside the data directory (mode 0600).
 pub const KEYS_FILE: &str = "keys.toml";
+/// The first API token (roles admin and operator), written on first start
+/// when the store has no token yet (mode 0600).
+pub const ADMIN_TOKEN_FILE: &str = "admin-token";
+/// Name of that first token.
+pub const ADMIN_TOKEN_NAME: &str = "standalone-admin";
 /// Saved chip states of the simulated rack inside the data directory.
 pub const CARDS_DIR: &str = "cards";
 /// The rack id of the local rack unless `worker.rack_id` says otherwise.
@@ -118,6 +123,41 @@ impl Mode0600 for std::fs::OpenOptions {
     fn mode_0600(&mut self) -> &mut Self {
         self
     }
+}
+
+/// On first start (the store has no token at all), creates the token
+/// `standalone-admin` with roles admin and operator, so one person can run
+/// the whole workstation, and writes its secret to `<data-dir>/admin-token`
+/// (mode 0600). Returns the file's path when it wrote it.
+pub async fn ensure_admin_token(store: &Store, dir: &Path) -> anyhow::Result<Option<PathBuf>> {
+    use crate::store::tokens::{NewToken, Role};
+    if store.has_tokens().await? {
+        return Ok(None);
+    }
+    let path = dir.join(ADMIN_TOKEN_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode_0600()
+        .open(&path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    let new = NewToken {
+        name: ADMIN_TOKEN_NAME.into(),
+        roles: vec![Role::Admin, Role::Operator],
+        rack_id: None,
+        single_use: false,
+        expires_at: None,
+    };
+    let secret = store.create_token(&new, "standalone").await?;
+    file.write_all(format!("{}\n", secret.expose()).as_bytes())?;
+    file.sync_all()?;
+    Ok(Some(path))
 }
 
 /// The worker side of standalone mode as settings give it.

@@ -61,6 +61,10 @@ fn the_demo_encodes_every_card_and_recovers_from_pulled_cards() {
     assert!(stdout.contains("succeeded   150"), "{stdout}");
     assert!(stdout.contains("every card is now unassigned"), "{stdout}");
     assert!(stdout.contains("cards/s"), "{stdout}");
+    assert!(
+        stdout.contains("admin token (roles admin; shown once): cf_"),
+        "the demo prints the admin token it created: {stdout}"
+    );
     // 150 cards at a 20% fault rate: none retried would mean no faults ran.
     assert!(retried(&stdout) > 0, "{stdout}");
     assert!(stdout.contains("sqlite3"), "says how to inspect: {stdout}");
@@ -142,11 +146,23 @@ fn spawn_standalone(data_dir: &Path, port: u16, log: &Path) -> Child {
 struct Api {
     base: String,
     http: reqwest::Client,
+    /// `<data-dir>/admin-token`, written by standalone on first start.
+    token_file: std::path::PathBuf,
 }
 
 impl Api {
+    fn token(&self) -> String {
+        std::fs::read_to_string(&self.token_file)
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(self.token());
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -199,9 +215,28 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
     let api = Api {
         base: format!("http://127.0.0.1:{port}"),
         http: reqwest::Client::new(),
+        token_file: data.join("admin-token"),
     };
     let mut child = spawn_standalone(&data, port, &log);
     api.wait_ready(&mut child).await;
+    // The first start made a token (admin and operator) only its owner can read.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&api.token_file)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let first_token = api.token();
+    let anonymous = api
+        .http
+        .get(format!("{}/v1/cards", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
 
     let base = 300_000_000u32;
     let cards: Vec<Value> = (0..CRASH_CARDS)
@@ -259,6 +294,7 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
 
     let mut child = spawn_standalone(&data, port, &log);
     api.wait_ready(&mut child).await;
+    assert_eq!(api.token(), first_token, "a restart keeps the first token");
     let deadline = Instant::now() + Duration::from_secs(600);
     let counts = loop {
         let (counts, finished) = api.counts(&batch).await;

@@ -42,6 +42,14 @@ impl ApiError {
     pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, code, message)
     }
+    /// No valid token: answered with `WWW-Authenticate: Bearer`.
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", message)
+    }
+    /// A valid token without the role the endpoint needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
 }
 
 impl IntoResponse for ApiError {
@@ -50,7 +58,14 @@ impl IntoResponse for ApiError {
             code: self.code,
             message: self.message,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                axum::http::header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
     }
 }
 
@@ -63,6 +78,10 @@ impl From<StoreError> for ApiError {
                 format!("the process '{name}' is disabled; an administrator must enable it first"),
             ),
             StoreError::NotFound => ApiError::not_found("not_found", "no such resource"),
+            StoreError::Conflict { code, message } => {
+                ApiError::new(StatusCode::CONFLICT, code, message)
+            }
+            StoreError::Invalid(message) => ApiError::bad_request("invalid_request", message),
             other => {
                 // The cause goes to the log once, here; the client learns nothing internal.
                 tracing::error!(error = %other, "request failed");

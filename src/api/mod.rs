@@ -1,6 +1,7 @@
 //! The HTTP API under `/v1`, with health, readiness, metrics and the
 //! OpenAPI document generated from the handlers.
 
+pub mod auth;
 pub mod error;
 mod openapi;
 mod routes;
@@ -41,6 +42,7 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/cards/import", post(routes::cards::import))
         .route("/cards", get(routes::cards::list))
         .route("/cards/{card_id}", get(routes::cards::detail))
+        .route("/cards/{card_id}/puk", get(routes::escrow::puk))
         .route(
             "/processes/initialize-temporary-card",
             get(routes::processes::get_process).put(routes::processes::put_process),
@@ -62,12 +64,27 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/initializations/{batch_id}/cards/{card_id}/cancel",
             post(routes::initializations::cancel_card),
         )
+        .route(
+            "/initializations/{batch_id}/pin-mailers",
+            post(routes::escrow::pin_mailers),
+        )
+        .route(
+            "/initializations/{batch_id}/pin-mailers/reopen",
+            post(routes::escrow::reopen_mailers),
+        )
         .route("/racks", get(routes::racks::list))
         .route(
             "/racks/{rack_id}/slots/{slot}/release",
             post(routes::racks::release_slot),
         )
-        .route("/dead-letters", get(routes::racks::dead_letters));
+        .route("/racks/{rack_id}/enrollment", post(routes::racks::enroll))
+        .route("/dead-letters", get(routes::racks::dead_letters))
+        .route("/audit", get(routes::audit::list))
+        .route(
+            "/tokens",
+            get(routes::tokens::list).post(routes::tokens::create),
+        )
+        .route("/tokens/{name}/revoke", post(routes::tokens::revoke));
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
@@ -75,6 +92,11 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
         .fallback(routes::health::not_found)
+        // Inside `track`, so refused requests are counted too.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::authorize,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .with_state(state)

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use cardfleet::app::{Application, Component};
 use cardfleet::settings::Settings;
 use cardfleet::store::Store;
+use cardfleet::store::tokens::{NewToken, Role};
 use cardfleet_schemas::{self as wire, EventMessage, Meta, SlotEvent, SlotEventKind};
 use futures_util::StreamExt;
 use lapin::options::*;
@@ -77,7 +78,10 @@ impl Drop for Vhost {
 
 pub struct TestApp {
     pub base: String,
+    /// Sends `token` with every request.
     pub http: reqwest::Client,
+    /// A token holding every role, made through the store at spawn.
+    pub token: String,
     pub store: Store,
     pub db_name: String,
     pub vhost: Vhost,
@@ -114,6 +118,38 @@ fn missing_file() -> std::path::PathBuf {
     path
 }
 
+/// Creates a token with `roles` through the store; returns its secret.
+pub async fn create_token(store: &Store, name: &str, roles: &[Role]) -> String {
+    let new = NewToken {
+        name: name.to_owned(),
+        roles: roles.to_vec(),
+        rack_id: None,
+        single_use: false,
+        expires_at: None,
+    };
+    store
+        .create_token(&new, "test")
+        .await
+        .expect("token created")
+        .expose()
+        .to_owned()
+}
+
+/// An HTTP client that sends `token` as bearer with every request.
+pub fn client_with(token: Option<&str>) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = token {
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&Component::ALL, &[]).await
 }
@@ -128,11 +164,13 @@ pub async fn spawn_app_with(components: &[Component], extra: &[(&str, String)]) 
     let port = app.port().unwrap_or(0);
     let metrics_port = app.metrics_port();
     let store = app.store().clone();
+    let token = create_token(&store, "test-all-roles", &Role::ALL).await;
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(app.run_until_stopped(shutdown.clone()));
     TestApp {
         base: format!("http://127.0.0.1:{port}"),
-        http: reqwest::Client::new(),
+        http: client_with(Some(&token)),
+        token,
         store,
         db_name,
         vhost,
@@ -163,6 +201,21 @@ pub struct Reply {
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A request with `token` (or none) instead of the all-roles token.
+    pub async fn call_as(
+        &self,
+        token: Option<&str>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
+        let mut request = client_with(token).request(method, self.url(path));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        reply(request.send().await.unwrap()).await
     }
 
     pub async fn get(&self, path: &str) -> Reply {

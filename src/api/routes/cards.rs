@@ -15,6 +15,7 @@ use crate::store::StoreError;
 use crate::store::cards::{
     CardDetail, CardFilter, CardSummary, ImportOutcome, ImportRow, RowRejection,
 };
+use crate::store::tokens::Caller;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -42,6 +43,7 @@ pub const CSV_HEADER: [&str; 4] = ["card_number", "chip_serial", "card_type", "p
               (status = 413, body = crate::api::error::ErrorBody)))]
 pub async fn import(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<ImportOutcome>, ApiError> {
@@ -95,7 +97,7 @@ pub async fn import(
     }
     let mut outcome = state
         .store
-        .import_cards(rows, &state.profiles, "api")
+        .import_cards(rows, &state.profiles, &caller.name)
         .await?;
     state.metrics.cards_imported.inc_by(outcome.imported as u64);
     rejected.append(&mut outcome.rejected);

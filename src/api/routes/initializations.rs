@@ -17,6 +17,7 @@ use crate::domain::{CardType, JobState};
 use crate::store::StoreError;
 use crate::store::initialize::{CancelOutcome, InitializeOutcome, Selection};
 use crate::store::racks::BatchStatus;
+use crate::store::tokens::Caller;
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -45,6 +46,7 @@ pub struct InitializeFilter {
               (status = 413, description = "batch_too_large", body = crate::api::error::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(request): ApiJson<InitializeRequest>,
 ) -> Result<(StatusCode, Json<InitializeOutcome>), ApiError> {
     let too_large = || {
@@ -99,7 +101,7 @@ pub async fn submit(
     };
     let outcome = state
         .store
-        .initialize(selection, &state.profiles, &state.cipher, "api")
+        .initialize(selection, &state.profiles, &state.cipher, &caller.name)
         .await?;
     let n = outcome.accepted.len() as u64;
     state.metrics.credentials_generated.inc_by(2 * n);
@@ -221,11 +223,12 @@ pub async fn events(
     responses((status = 200, body = CancelOutcome), (status = 404, body = crate::api::error::ErrorBody)))]
 pub async fn cancel_batch(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath(batch_id): IdPath<Uuid>,
 ) -> Result<Json<CancelOutcome>, ApiError> {
     let outcome = state
         .store
-        .cancel(batch_id, None, "api")
+        .cancel(batch_id, None, &caller.name)
         .await
         .map_err(unknown_batch)?;
     count_cancelled(&state, &outcome);
@@ -239,11 +242,12 @@ pub async fn cancel_batch(
     responses((status = 200, body = CancelOutcome), (status = 404, body = crate::api::error::ErrorBody)))]
 pub async fn cancel_card(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath((batch_id, card_id)): IdPath<(Uuid, Uuid)>,
 ) -> Result<Json<CancelOutcome>, ApiError> {
     let outcome = state
         .store
-        .cancel(batch_id, Some(card_id), "api")
+        .cancel(batch_id, Some(card_id), &caller.name)
         .await
         .map_err(|e| match e {
             StoreError::NotFound => ApiError::not_found(

@@ -8,6 +8,7 @@ use utoipa::ToSchema;
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiJson};
 use crate::store::INITIALIZE_PROCESS;
+use crate::store::tokens::Caller;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -27,11 +28,12 @@ pub async fn get_process(State(state): State<AppState>) -> Result<Json<ProcessSe
     responses((status = 200, body = ProcessSetting), (status = 400, body = crate::api::error::ErrorBody)))]
 pub async fn put_process(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<ProcessSetting>,
 ) -> Result<Json<ProcessSetting>, ApiError> {
     state
         .store
-        .set_process_enabled(INITIALIZE_PROCESS, body.enabled, "api")
+        .set_process_enabled(INITIALIZE_PROCESS, body.enabled, &caller.name)
         .await?;
     tracing::info!(enabled = body.enabled, "initialize process setting changed");
     Ok(Json(body))

@@ -8,6 +8,7 @@ use crate::api::error::{ApiError, ApiQuery, IdPath, Paging};
 use crate::domain::RackId;
 use crate::store::StoreError;
 use crate::store::racks::{DeadLetterView, RackView};
+use crate::store::tokens::Caller;
 
 #[utoipa::path(get, path = "/v1/racks", tag = "racks", operation_id = "list_racks", responses((status = 200, body = Vec<RackView>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<RackView>>, ApiError> {
@@ -32,15 +33,109 @@ pub async fn dead_letters(
               (status = 404, body = crate::api::error::ErrorBody)))]
 pub async fn release_slot(
     State(state): State<AppState>,
+    caller: Caller,
     IdPath((rack_id, slot)): IdPath<(String, u16)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let rack =
         RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
-    match state.store.release_slot(rack.as_str(), slot, "api").await {
+    match state
+        .store
+        .release_slot(rack.as_str(), slot, &caller.name)
+        .await
+    {
         Ok(()) => Ok(axum::http::StatusCode::ACCEPTED),
         Err(StoreError::NotFound) => {
             Err(ApiError::not_found("unknown_slot", "no such rack or slot"))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollmentRequest {
+    /// Standard base64 of the rack's 32-byte X25519 public key.
+    pub public_key: String,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Enrollment {
+    pub rack_id: String,
+    pub enrolled_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// The 32 bytes of a standard-base64 X25519 public key; the all-zero key is refused.
+fn parse_public_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .ok()?;
+    let key = <[u8; 32]>::try_from(bytes.as_slice()).ok()?;
+    (key != [0u8; 32]).then_some(key)
+}
+
+/// Enrolls a rack's public key (role worker, with the single-use enrollment
+/// token `cardfleet racks enroll-token RACK_ID` made for this rack). The
+/// token is consumed first; a used, revoked or expired token is refused
+/// with 401, a token for another rack with 403.
+#[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment", tag = "racks",
+    params(("rack_id" = String, Path)), request_body = EnrollmentRequest,
+    responses((status = 201, body = Enrollment),
+              (status = 401, description = "unauthenticated: unknown, used, revoked or expired token", body = crate::api::error::ErrorBody),
+              (status = 403, description = "forbidden: not an enrollment token for this rack", body = crate::api::error::ErrorBody),
+              (status = 422, description = "invalid_public_key", body = crate::api::error::ErrorBody)))]
+pub async fn enroll(
+    State(state): State<AppState>,
+    caller: Caller,
+    IdPath(rack_id): IdPath<String>,
+    crate::api::error::ApiJson(body): crate::api::error::ApiJson<EnrollmentRequest>,
+) -> Result<(axum::http::StatusCode, Json<Enrollment>), ApiError> {
+    let rack =
+        RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+    if caller.rack_id.as_deref() != Some(rack.as_str()) || !caller.single_use {
+        return Err(ApiError::forbidden(
+            "this token is not an enrollment token for this rack",
+        ));
+    }
+    let key = parse_public_key(&body.public_key).ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_public_key",
+            "public_key must be standard base64 of a 32-byte X25519 public key",
+        )
+    })?;
+    // Consume first: a token that enrolled once can never enroll again,
+    // even if storing the key fails and must be retried with a new token.
+    if !state.store.consume_token(&caller).await? {
+        return Err(ApiError::unauthenticated(
+            "the token is unknown, revoked, expired or already used",
+        ));
+    }
+    state
+        .store
+        .enroll_rack(rack.as_str(), &key, &caller.name)
+        .await?;
+    tracing::info!(rack.id = %rack.as_str(), token = %caller.name, "rack enrolled");
+    Ok((
+        axum::http::StatusCode::CREATED,
+        Json(Enrollment {
+            rack_id: rack.as_str().to_owned(),
+            enrolled_at: chrono::Utc::now(),
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_keys_are_32_bytes_of_standard_base64_and_not_zero() {
+        use base64::Engine;
+        let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
+        assert_eq!(parse_public_key(&b64(&[7u8; 32])), Some([7u8; 32]));
+        assert_eq!(parse_public_key(&b64(&[7u8; 31])), None);
+        assert_eq!(parse_public_key(&b64(&[0u8; 32])), None);
+        assert_eq!(parse_public_key("not base64!"), None);
     }
 }

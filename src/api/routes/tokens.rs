@@ -1,0 +1,103 @@
+//! API tokens, for admins: list, create (the secret is answered once),
+//! revoke. `cardfleet tokens` does the same directly on the database.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::api::AppState;
+use crate::api::error::{ApiError, ApiJson};
+use crate::store::StoreError;
+use crate::store::tokens::{Caller, NewToken, Role, TokenView};
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    pub name: String,
+    /// One or more of admin, operator, officer, auditor (enrollment tokens
+    /// for workers come from `cardfleet racks enroll-token`).
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedToken {
+    pub name: String,
+    pub roles: Vec<Role>,
+    /// The bearer secret: shown this once, stored only as a hash.
+    pub token: String,
+}
+
+#[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "list_tokens",
+    responses((status = 200, body = Vec<TokenView>)))]
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<TokenView>>, ApiError> {
+    Ok(Json(state.store.list_tokens().await?))
+}
+
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateToken,
+    responses((status = 201, body = CreatedToken), (status = 400, body = crate::api::error::ErrorBody),
+              (status = 409, description = "token_exists", body = crate::api::error::ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateToken>,
+) -> Result<Response, ApiError> {
+    let roles = body
+        .roles
+        .iter()
+        .map(|r| Role::parse(r))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+    if roles.contains(&Role::Worker) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "worker tokens are single-use enrollment tokens: use `cardfleet racks enroll-token`",
+        ));
+    }
+    let new = NewToken {
+        name: body.name,
+        roles,
+        rack_id: None,
+        single_use: false,
+        expires_at: None,
+    };
+    let secret = state.store.create_token(&new, &caller.name).await?;
+    tracing::info!(token = %new.name, actor = %caller.name, "API token created");
+    let mut response = (
+        StatusCode::CREATED,
+        Json(CreatedToken {
+            name: new.name,
+            roles: new.roles,
+            token: secret.expose().to_owned(),
+        }),
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(post, path = "/v1/tokens/{name}/revoke", tag = "tokens",
+    params(("name" = String, Path)),
+    responses((status = 204, description = "revoked (or already revoked)"),
+              (status = 404, body = crate::api::error::ErrorBody)))]
+pub async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    match state.store.revoke_token(&name, &caller.name).await {
+        Ok(()) => {
+            tracing::info!(token = %name, actor = %caller.name, "API token revoked");
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(StoreError::NotFound) => Err(ApiError::not_found(
+            "unknown_token",
+            "no token with this name",
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
