@@ -98,6 +98,19 @@ pub struct AmqpSection {
     /// Must equal the control plane's: both declare the rack queue with it.
     pub delivery_limit: u32,
     pub reconnect_max_seconds: u64,
+    /// TLS files for `amqps://` URLs (`amqp.tls.ca_file`, `cert_file`, `key_file`).
+    #[serde(default)]
+    pub tls: cardfleet_schemas::amqp::TlsFiles,
+}
+
+impl AmqpSection {
+    /// The broker endpoint: URL plus TLS files.
+    pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
+        cardfleet_schemas::amqp::Endpoint {
+            url: self.url.clone(),
+            tls: self.tls.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,19 +141,6 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("reader.type", "simulated"),
     ("reader.slots", "16"),
     ("simulated.latency_ms", "0"),
-    /// TLS files for `amqps://` URLs (`amqp.tls.ca_file`, `cert_file`, `key_file`).
-    #[serde(default)]
-    pub tls: cardfleet_schemas::amqp::TlsFiles,
-}
-
-impl AmqpSection {
-    /// The broker endpoint: URL plus TLS files.
-    pub fn endpoint(&self) -> cardfleet_schemas::amqp::Endpoint {
-        cardfleet_schemas::amqp::Endpoint {
-            url: self.url.clone(),
-            tls: self.tls.clone(),
-        }
-    }
     ("simulated.keygen_latency_ms", "0"),
     ("simulated.removal_rate", "0"),
     ("simulated.mute_rate", "0"),
@@ -208,6 +208,9 @@ impl WorkerSettings {
 
     fn check(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
+            return bad("amqp.tls", problem);
+        }
         let rack_ok = !self.worker.rack_id.is_empty()
             && self.worker.rack_id.len() <= 64
             && self
@@ -239,9 +242,6 @@ impl WorkerSettings {
     }
 
     pub fn worker_id(&self) -> String {
-        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
-            return bad("amqp.tls", problem);
-        }
         self.worker
             .id
             .clone()
