@@ -278,7 +278,9 @@ async fn worker_rss() {
         text.push_str(&format!("TC-{s},{s},temporary,temporary-piv\n"));
     }
     std::fs::write(&csv, text).unwrap();
+    let key_file = enrolled_key_file(&app.store, "rack-rss", &dir).await;
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("CARDFLEET__WORKER__KEY_FILE", &key_file)
         .env("CARDFLEET_BENCH_WORKER_CHILD", "1")
         .env("CARDFLEET__AMQP__URL", app.vhost.url())
         .env("CARDFLEET__WORKER__RACK_ID", "rack-rss")

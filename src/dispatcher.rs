@@ -2,20 +2,27 @@
 //! confirms, many publishes in flight, and deletes outbox rows only after the
 //! broker confirmed them. A crash in between republishes; consumers
 //! deduplicate by job id.
+//!
+//! Each job's PIN, PUK and management key are sealed to its rack's enrolled
+//! public key (`cardfleet_schemas::sealing`); a job whose rack has no key is
+//! failed with `rack_not_enrolled` instead of being published.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use cardfleet_schemas::bus::{Bus, Props, Publisher};
-use cardfleet_schemas::{self as wire, CardProfile, CardSecrets, InitializeJob, JobSecrets, Meta};
+use cardfleet_schemas::sealing::{self, RackPublicKey};
+use cardfleet_schemas::{
+    self as wire, CardProfile, CardSecrets, EncodeResult, Failure, InitializeJob, Meta, Outcome,
+    ResultMessage,
+};
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
 use crate::credentials::{CredentialCipher, MasterKey};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RACK_NOT_ENROLLED};
 use crate::store::Store;
 use crate::store::dispatch::OutboxJob;
 use crate::store::initialize::credential_context;
@@ -111,9 +118,22 @@ impl Dispatcher {
                 declared.insert(job.rack_id.clone());
             }
         }
+        // One key lookup per rack per round.
+        let mut keys: HashMap<&str, Option<RackPublicKey>> = HashMap::new();
+        for job in &claim.jobs {
+            if !keys.contains_key(job.rack_id.as_str()) {
+                let key = self.store.rack_public_key(&job.rack_id).await?;
+                keys.insert(&job.rack_id, key.map(RackPublicKey::from_bytes));
+            }
+        }
+        let mut unenrolled = Vec::new();
         let mut pending = Vec::with_capacity(claim.jobs.len());
         for (i, job) in claim.jobs.iter().enumerate() {
-            let message = match self.job_message(job) {
+            let Some(Some(rack_key)) = keys.get(job.rack_id.as_str()) else {
+                unenrolled.push(not_enrolled(job));
+                continue;
+            };
+            let message = match self.job_message(job, rack_key) {
                 Ok(m) => m,
                 Err(reason) => {
                     // Stays in the outbox; logged each round until an operator acts.
@@ -144,6 +164,9 @@ impl Dispatcher {
         }
         let n = claim.finish(&published, "dispatcher").await?;
         self.metrics.jobs_published.inc_by(n as u64);
+        // After the claim is finished, so its locks are gone; the jobs'
+        // outbox rows are then stale and go with the next claim.
+        self.fail_unenrolled(unenrolled).await?;
         if failed > 0 {
             self.metrics.publish_failures.inc_by(failed as u64);
             // Unroutable usually means a queue vanished: declare again next round.
@@ -155,7 +178,38 @@ impl Dispatcher {
         Ok(true)
     }
 
-    fn job_message(&self, job: &OutboxJob) -> Result<InitializeJob, String> {
+    /// Fails jobs whose rack has no enrolled key: their cards go back to
+    /// `produced`, as for any failure that leaves the card unharmed.
+    async fn fail_unenrolled(&self, failed: Vec<ResultMessage>) -> anyhow::Result<()> {
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let mut racks: BTreeMap<&str, usize> = BTreeMap::new();
+        for m in &failed {
+            if let ResultMessage::EncodeResult(r) = m {
+                *racks.entry(r.rack_id.as_str()).or_default() += 1;
+            }
+        }
+        for (rack, jobs) in &racks {
+            tracing::warn!(
+                rack.id = %rack,
+                jobs,
+                "rack has no enrolled key; failing its jobs with rack_not_enrolled"
+            );
+        }
+        self.store.apply_results(&failed, "dispatcher").await?;
+        self.metrics
+            .jobs_undispatchable
+            .with_label_values(&[RACK_NOT_ENROLLED])
+            .inc_by(failed.len() as u64);
+        Ok(())
+    }
+
+    fn job_message(
+        &self,
+        job: &OutboxJob,
+        rack_key: &RackPublicKey,
+    ) -> Result<InitializeJob, String> {
         let profile = self
             .profiles
             .get(&job.profile)
@@ -182,13 +236,15 @@ impl Dispatcher {
             .derive_management_key(&job.chip_serial, algorithm);
         self.metrics.credentials_opened.inc_by(2);
         self.metrics.management_keys_derived.inc();
+        // CardSecrets zeroizes its strings on drop; `seal` zeroizes the JSON.
         let secrets = CardSecrets {
             pin: pin.expose().to_owned(),
             puk: puk.expose().to_owned(),
             management_key: management_key.expose().to_owned(),
             management_key_algorithm: algorithm,
         };
-        let plain = serde_json::to_vec(&secrets).map_err(|e| e.to_string())?;
+        let sealed = sealing::seal(rack_key, &job.rack_id, job.job_id, &secrets)
+            .map_err(|e| e.to_string())?;
         Ok(InitializeJob {
             meta: Meta::now(),
             job_id: job.job_id,
@@ -198,11 +254,35 @@ impl Dispatcher {
             chip_serial: job.chip_serial.clone(),
             rack_id: job.rack_id.clone(),
             profile: profile.clone(),
-            secrets: JobSecrets {
-                scheme: wire::SecretScheme::Plain,
-                key_id: None,
-                payload: base64::engine::general_purpose::STANDARD.encode(plain),
-            },
+            secrets: sealed,
         })
     }
+}
+
+/// The failed result of a job whose rack has no key to seal its secrets to.
+fn not_enrolled(job: &OutboxJob) -> ResultMessage {
+    let now = chrono::Utc::now();
+    ResultMessage::EncodeResult(EncodeResult {
+        meta: Meta::now(),
+        job_id: job.job_id,
+        batch_id: job.batch_id,
+        card_id: job.card_id,
+        rack_id: job.rack_id.clone(),
+        slot: None,
+        worker_id: "dispatcher".into(),
+        outcome: Outcome::Failed,
+        failure: Some(Failure {
+            code: RACK_NOT_ENROLLED.into(),
+            message: format!(
+                "rack '{}' has no enrolled key to seal the job's secrets to; enroll it \
+                 (cardfleet racks enroll-token) and submit the card again",
+                job.rack_id
+            ),
+            card_unusable: false,
+        }),
+        steps: vec![],
+        attempts: 0,
+        started_at: now,
+        finished_at: now,
+    })
 }

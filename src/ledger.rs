@@ -6,6 +6,7 @@
 use std::time::Duration;
 
 use cardfleet_schemas::bus::{Bus, Consumer, Delivery, Props, Publisher};
+use cardfleet_schemas::sealing::SECRETS_UNOPENABLE;
 use cardfleet_schemas::{
     self as wire, EncodeResult, EventMessage, Failure, InitializeJob, Meta, Outcome, ResultMessage,
 };
@@ -261,6 +262,13 @@ impl Ledger {
                 .with_label_values(&[source_label])
                 .inc();
             if let Ok(job) = serde_json::from_slice::<InitializeJob>(delivery.data()) {
+                // A worker that cannot open the job's secrets says so; the
+                // card was not touched and goes back to produced either way.
+                let code = if reason.starts_with(SECRETS_UNOPENABLE) {
+                    SECRETS_UNOPENABLE
+                } else {
+                    "dead_lettered"
+                };
                 exhausted.push(ResultMessage::EncodeResult(EncodeResult {
                     meta: Meta::now(),
                     job_id: job.job_id,
@@ -271,7 +279,7 @@ impl Ledger {
                     worker_id: "broker".into(),
                     outcome: Outcome::Failed,
                     failure: Some(Failure {
-                        code: "dead_lettered".into(),
+                        code: code.into(),
                         message: format!("the broker dead-lettered the job ({reason})"),
                         card_unusable: false,
                     }),

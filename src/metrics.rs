@@ -17,6 +17,10 @@ pub const DEAD_LETTER_SOURCES: [&str; 4] = [
     "other",
 ];
 
+/// Failure code (and `cardfleet_jobs_undispatchable_total` reason) of a job
+/// whose rack has no enrolled key to seal its secrets to.
+pub const RACK_NOT_ENROLLED: &str = "rack_not_enrolled";
+
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Registry,
@@ -34,6 +38,7 @@ pub struct Metrics {
     pub broker_reconnects: IntCounterVec,
     pub credentials_opened: IntCounter,
     pub management_keys_derived: IntCounter,
+    pub jobs_undispatchable: IntCounterVec,
     pub jobs_finished: IntCounterVec,
     // Gauges refreshed from the database and broker by `crate::gauges`.
     pub jobs_live: IntGaugeVec,
@@ -170,6 +175,12 @@ impl Metrics {
                 "cardfleet_management_keys_derived_total",
                 "Per-card management keys derived for dispatch (counts only)",
             ),
+            jobs_undispatchable: counter_vec(
+                &registry,
+                "cardfleet_jobs_undispatchable_total",
+                "Jobs the dispatcher failed instead of publishing, by reason",
+                &["reason"],
+            ),
             jobs_finished: counter_vec(
                 &registry,
                 "cardfleet_jobs_finished_total",
@@ -231,6 +242,7 @@ impl Metrics {
         );
         preset(&m.dead_letters, &DEAD_LETTER_SOURCES);
         preset(&m.broker_reconnects, &["dispatcher", "ledger"]);
+        preset(&m.jobs_undispatchable, &[RACK_NOT_ENROLLED]);
         preset(&m.refresh_errors, &["database", "broker"]);
         for state in LIVE_JOB_STATES {
             let _ = m.jobs_live.with_label_values(&[state]);

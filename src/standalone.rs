@@ -44,6 +44,8 @@ pub const ADMIN_TOKEN_NAME: &str = "standalone-admin";
 pub const CARDS_DIR: &str = "cards";
 /// The rack id of the local rack unless `worker.rack_id` says otherwise.
 pub const LOCAL_RACK: &str = "local";
+/// The local rack's private key inside the data directory (mode 0600).
+pub const RACK_KEY_FILE: &str = "rack.key";
 
 /// How long a clean stop waits for the ledger to apply what the worker sent.
 const SETTLE: Duration = Duration::from_secs(10);
@@ -166,9 +168,15 @@ pub fn worker_settings(
     data_dir: &Path,
     overrides: &[(&str, String)],
 ) -> anyhow::Result<WorkerSettings> {
-    let mut all = vec![("worker.rack_id", LOCAL_RACK.to_owned())];
+    let mut all = vec![
+        ("worker.rack_id", LOCAL_RACK.to_owned()),
+        (
+            "worker.key_file",
+            data_dir.join(RACK_KEY_FILE).display().to_string(),
+        ),
+    ];
     all.extend(overrides.iter().cloned());
-    let mut settings = WorkerSettings::load_layered(file, &all[..1], &all[1..])?;
+    let mut settings = WorkerSettings::load_layered(file, &all[..2], &all[2..])?;
     if settings.simulated.state_dir.is_none() {
         settings.simulated.state_dir = Some(data_dir.join(CARDS_DIR));
     }
@@ -240,7 +248,18 @@ impl Standalone {
                 None,
             ),
         };
-        let mut config = cardfleet_worker::app::runtime_config(worker);
+        // The same sealing as a fleet: the local rack's key is enrolled
+        // directly in the store (no token needed inside one process).
+        let (key, _) = cardfleet_worker::rack_key::load_or_create(&worker.worker.key_file)?;
+        let public = *key.public_key().as_bytes();
+        let store = app.store();
+        if store.rack_public_key(&worker.worker.rack_id).await? != Some(public) {
+            store
+                .enroll_rack(&worker.worker.rack_id, &public, "standalone")
+                .await
+                .context("enrolling the local rack's key")?;
+        }
+        let mut config = cardfleet_worker::app::runtime_config(worker, Arc::new(key));
         config.bus = Bus::Memory(bus.clone());
         Ok(Self {
             app,

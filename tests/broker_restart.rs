@@ -34,6 +34,7 @@ async fn a_broker_restart_mid_dispatch_loses_no_job_and_duplicates_are_harmless(
     app.import_cards("B", CARDS).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     let serials: Vec<String> = (0..CARDS).map(|i| format!("B-CHIP-{i:06}")).collect();
+    workers::enroll_rack(&app.store, "rack-x").await;
     worker.insert_cards("rack-x", &serials).await;
     eventually(Duration::from_secs(60), "all cards located", || async {
         count(&app, "SELECT count(*) FROM slot_locations").await == CARDS as i64

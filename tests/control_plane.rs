@@ -6,8 +6,8 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine;
-use cardfleet_schemas::{self as wire, CardSecrets, Outcome};
+use cardfleet_schemas::sealing;
+use cardfleet_schemas::{self as wire, Outcome};
 use futures_util::StreamExt;
 use lapin::options::*;
 use lapin::types::FieldTable;
@@ -50,9 +50,11 @@ async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_repo
 
     app.enable().await;
     // Card 0 was loaded into rack-a before submitting; card 1 into rack-b; card 2 later.
+    workers::enroll_rack(&app.store, "rack-a").await;
     worker
         .insert_cards("rack-a", &["A-CHIP-000000".into()])
         .await;
+    workers::enroll_rack(&app.store, "rack-b").await;
     worker
         .insert_cards("rack-b", &["A-CHIP-000001".into()])
         .await;
@@ -83,11 +85,13 @@ async fn initialize_is_refused_while_disabled_then_jobs_reach_the_rack_that_repo
     let b = worker.take_jobs("rack-b", 1, WAIT).await;
     assert_eq!(b[0].card_id, ids[1]);
 
-    // The secrets follow the profile's policy; the management key is the documented KDF's.
-    let plain = base64::engine::general_purpose::STANDARD
-        .decode(&a[0].secrets.payload)
-        .unwrap();
-    let secrets: CardSecrets = serde_json::from_slice(&plain).unwrap();
+    // The secrets are sealed to the rack's key and open for that job only;
+    // they follow the profile's policy and the management key is the
+    // documented KDF's.
+    assert_eq!(a[0].secrets.scheme, wire::SecretScheme::Hpke);
+    let rack_a = workers::test_rack_key("rack-a");
+    let secrets = sealing::open(&rack_a, "rack-a", a[0].job_id, &a[0].secrets).unwrap();
+    assert!(sealing::open(&rack_a, "rack-b", a[0].job_id, &a[0].secrets).is_err());
     assert_eq!(secrets.pin.len(), 6);
     assert!(secrets.pin.bytes().all(|b| b.is_ascii_digit()));
     assert_eq!(secrets.puk.len(), 8);
@@ -115,6 +119,7 @@ async fn a_result_delivered_three_times_moves_job_and_card_exactly_once() {
     let ids = app.import_cards("R", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
+    workers::enroll_rack(&app.store, "rack-r").await;
     worker
         .insert_cards("rack-r", &["R-CHIP-000000".into()])
         .await;
@@ -206,6 +211,7 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
         .await
         .unwrap();
 
+    workers::enroll_rack(&app.store, "rack-c").await;
     worker
         .insert_cards("rack-c", &["C-CHIP-000000".into()])
         .await;
@@ -324,9 +330,10 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
             rack_id: "rack-g".into(),
             profile: cardfleet_schemas::CardProfile::builtin().unwrap().remove(0),
             secrets: wire::JobSecrets {
-                scheme: wire::SecretScheme::Plain,
-                key_id: None,
-                payload: String::new(),
+                scheme: wire::SecretScheme::Hpke,
+                key_id: String::new(),
+                enc: String::new(),
+                ciphertext: String::new(),
             },
         },
         Outcome::Succeeded,
@@ -363,6 +370,7 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
     );
 
     // The consumers are still alive: a real flow completes.
+    workers::enroll_rack(&app.store, "rack-g").await;
     worker
         .insert_cards("rack-g", &["G-CHIP-000000".into()])
         .await;
@@ -385,6 +393,7 @@ async fn failures_send_cards_back_to_stock_or_to_failed_with_the_reason_kept() {
     let ids = app.import_cards("F", 2).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
+    workers::enroll_rack(&app.store, "rack-f").await;
     worker
         .insert_cards("rack-f", &["F-CHIP-000000".into(), "F-CHIP-000001".into()])
         .await;
@@ -439,6 +448,7 @@ async fn the_event_stream_reports_transitions_and_then_that_the_batch_finished()
     let ids = app.import_cards("S", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
+    workers::enroll_rack(&app.store, "rack-s").await;
     worker
         .insert_cards("rack-s", &["S-CHIP-000000".into()])
         .await;

@@ -34,7 +34,8 @@ struct PcscWorker {
 }
 
 impl PcscWorker {
-    fn start(app: &TestApp, dir: &Path) -> Self {
+    async fn start(app: &TestApp, dir: &Path) -> Self {
+        let key_file = workers::enrolled_key_file(&app.store, "rack-pcsc", dir).await;
         let file = dir.join("cardfleet-worker.toml");
         std::fs::write(
             &file,
@@ -49,6 +50,7 @@ impl PcscWorker {
             ("worker.retry_backoff_ms", "20".into()),
             ("worker.card_wait_seconds", "30".into()),
             ("metrics.listen", "127.0.0.1:0".into()),
+            ("worker.key_file", key_file.display().to_string()),
         ];
         let settings = WorkerSettings::load(Some(&file), &overrides).unwrap();
         assert_eq!(settings.reader.name_patterns, ["Virtual PCD"]);
@@ -126,7 +128,7 @@ async fn vpcd_cards_encoded_by_a_pcsc_worker_hold_the_recorded_credentials_and_k
         .await;
     assert_eq!(r.body["imported"], 2, "{}", r.body);
     app.enable().await;
-    let worker = PcscWorker::start(&app, &dir);
+    let worker = PcscWorker::start(&app, &dir).await;
 
     let listed = app
         .get("/v1/cards?type=temporary&state=produced&limit=10")

@@ -45,6 +45,11 @@ fn spawn_worker_with(
         .env("CARDFLEET__READER__SLOTS", "8")
         .env("CARDFLEET__READER__LOAD_FROM", csv)
         .env("CARDFLEET__SIMULATED__STATE_DIR", state_dir)
+        // Made and enrolled by the test with `enrolled_key_file`.
+        .env(
+            "CARDFLEET__WORKER__KEY_FILE",
+            state_dir.parent().unwrap().join("rack-k.key"),
+        )
         .env(
             "CARDFLEET__SIMULATED__LATENCY_MS",
             extra_or(extra, "CARDFLEET__SIMULATED__LATENCY_MS", "10"),
@@ -104,6 +109,7 @@ async fn a_worker_killed_mid_batch_finishes_every_card_after_a_restart() {
     import_serials(&app, serials.clone()).await;
     app.enable().await;
     let (dir, csv, state_dir) = card_files("restart", serials.clone());
+    enrolled_key_file(&app.store, "rack-k", &dir).await;
 
     let mut worker = spawn_worker(&app.vhost.url(), &csv, &state_dir);
     let batch = app.submit_all(CARDS as usize).await;
@@ -165,6 +171,7 @@ async fn on_sigterm_a_worker_finishes_in_flight_cards_within_its_grace_and_never
     import_serials(&app, serials.clone()).await;
     app.enable().await;
     let (dir, csv, state_dir) = card_files("sigterm", serials.clone());
+    enrolled_key_file(&app.store, "rack-k", &dir).await;
     let batch = app.submit_all(16).await;
 
     // Slow cards (about 1.5 s each) and a generous grace: the cards being

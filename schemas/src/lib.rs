@@ -9,6 +9,7 @@ pub mod bus;
 pub mod messages;
 pub mod profile;
 pub mod schema_files;
+pub mod sealing;
 
 pub use messages::*;
 pub use profile::{CardProfile, ProfileError, Requirement};

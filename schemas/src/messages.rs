@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::SCHEMA_VERSION;
 use crate::profile::CardProfile;
@@ -71,18 +72,23 @@ pub struct InitializeJob {
     pub secrets: JobSecrets,
 }
 
-/// The job's secrets as they travel on the broker.
+/// The job's secrets as they travel on the broker: sealed to the rack's
+/// public key with HPKE (see the `sealing` module).
 ///
-/// `scheme` names how `payload` is protected so that the receiving side can
+/// `scheme` names how they are protected so that the receiving side can
 /// refuse a scheme it does not accept.
 #[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct JobSecrets {
     pub scheme: SecretScheme,
-    /// Id of the key the payload is sealed to, when sealed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_id: Option<String>,
-    /// Base64 of the (possibly sealed) JSON of [`CardSecrets`].
-    pub payload: String,
+    /// Id of the rack key the secrets are sealed to: hex of the first 16
+    /// bytes of SHA-256 of the public key.
+    pub key_id: String,
+    /// Base64 of the HPKE encapsulated key (32 bytes for X25519).
+    pub enc: String,
+    /// Base64 of the HPKE ciphertext (with its tag) of the JSON of
+    /// [`CardSecrets`].
+    pub ciphertext: String,
 }
 
 impl std::fmt::Debug for JobSecrets {
@@ -90,26 +96,31 @@ impl std::fmt::Debug for JobSecrets {
         f.debug_struct("JobSecrets")
             .field("scheme", &self.scheme)
             .field("key_id", &self.key_id)
-            .field("payload", &"<redacted>")
-            .finish()
+            .finish_non_exhaustive()
     }
 }
 
+/// How a job's secrets are protected. There is deliberately no plaintext
+/// scheme: secrets never cross the broker unsealed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SecretScheme {
-    /// Base64 of plain JSON. Only acceptable on a trusted, private broker.
-    Plain,
+    /// HPKE (RFC 9180) base mode, DHKEM(X25519, HKDF-SHA256), HKDF-SHA256,
+    /// ChaCha20-Poly1305; `info` binds the rack id and the AEAD's associated
+    /// data the job id.
+    Hpke,
 }
 
-/// The per-card secrets a worker writes onto the chip.
-#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+/// The per-card secrets a worker writes onto the chip; they travel only
+/// sealed, as [`JobSecrets`], and are zeroized on drop.
+#[derive(Clone, PartialEq, Serialize, Deserialize, JsonSchema, Zeroize, ZeroizeOnDrop)]
 #[serde(deny_unknown_fields)]
 pub struct CardSecrets {
     pub pin: String,
     pub puk: String,
     /// Hex of the per-card management key.
     pub management_key: String,
+    #[zeroize(skip)]
     pub management_key_algorithm: crate::profile::ManagementKeyAlgorithm,
 }
 

@@ -2,9 +2,13 @@
 //! and helpers to import their cards and check what was written on them.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use cardfleet::credentials::CredentialCipher;
+use cardfleet::store::Store;
+use cardfleet_schemas::sealing::RackSecretKey;
 use cardfleet_worker::piv::VirtualPivCard;
 use cardfleet_worker::rack::simulated::{CardFeed, OutputTray, SimCard};
 use cardfleet_worker::settings::WorkerSettings;
@@ -48,7 +52,8 @@ impl TestWorker {
         let tray = OutputTray::default();
         let rack = cardfleet_worker::app::simulated_rack(&settings, feed.clone(), tray.clone());
         let shutdown = CancellationToken::new();
-        let config = cardfleet_worker::app::runtime_config(&settings);
+        let key = Arc::new(test_rack_key(&settings.worker.rack_id));
+        let config = cardfleet_worker::app::runtime_config(&settings, key);
         let metrics = cardfleet_worker::metrics::WorkerMetrics::new();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -58,12 +63,15 @@ impl TestWorker {
             metrics.clone(),
             shutdown.clone(),
         ));
-        let task = tokio::spawn(cardfleet_worker::runtime::run(
-            config,
-            rack,
-            metrics,
-            shutdown.clone(),
-        ));
+        // Enrolled before the worker reports its slots, so no job for its
+        // cards is dispatched before the dispatcher can seal it.
+        let store = app.store.clone();
+        let rack_id = settings.worker.rack_id.clone();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            enroll_rack(&store, &rack_id).await;
+            cardfleet_worker::runtime::run(config, rack, metrics, stop).await;
+        });
         Self {
             shutdown,
             task,
@@ -78,6 +86,38 @@ impl TestWorker {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.task).await;
         self.tray
     }
+}
+
+/// The key of an in-process test rack: fixed per rack id, so a worker
+/// restarted on the same rack opens the jobs sealed before its restart.
+pub fn test_rack_key(rack: &str) -> RackSecretKey {
+    use sha2::Digest;
+    let seed = sha2::Sha256::digest(format!("cardfleet-test-rack-key/{rack}"));
+    RackSecretKey::from_bytes(&seed).unwrap()
+}
+
+/// Enrolls `rack` with its [`test_rack_key`] directly in the store, as the
+/// enrollment endpoint would; returns the key.
+pub async fn enroll_rack(store: &Store, rack: &str) -> RackSecretKey {
+    let key = test_rack_key(rack);
+    store
+        .enroll_rack(rack, key.public_key().as_bytes(), "test")
+        .await
+        .unwrap();
+    key
+}
+
+/// A freshly generated key file for a worker process of `rack` in `dir`
+/// (`worker.key_file`), enrolled in the store; a file already there (a
+/// restarted worker) is kept and enrolled again.
+pub async fn enrolled_key_file(store: &Store, rack: &str, dir: &Path) -> PathBuf {
+    let path = dir.join(format!("{rack}.key"));
+    let (key, _) = cardfleet_worker::rack_key::load_or_create(&path).unwrap();
+    store
+        .enroll_rack(rack, key.public_key().as_bytes(), "test")
+        .await
+        .unwrap();
+    path
 }
 
 /// Imports cards whose chip serials are the virtual cards' decimal serials.

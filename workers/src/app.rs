@@ -2,23 +2,27 @@
 //! the runtime, and runs them until shutdown.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
+use cardfleet_schemas::sealing::RackSecretKey;
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::WorkerMetrics;
 use crate::rack::Rack;
 use crate::rack::simulated::{self, CardFeed, Latency, OutputTray, SimCard, SimConfig, SimFaults};
+use crate::rack_key;
 use crate::runtime::{self, RuntimeConfig};
 use crate::settings::{ReaderKind, WorkerSettings};
 
-/// The runtime's configuration from settings.
-pub fn runtime_config(settings: &WorkerSettings) -> RuntimeConfig {
+/// The runtime's configuration from settings and the rack's key.
+pub fn runtime_config(settings: &WorkerSettings, rack_key: Arc<RackSecretKey>) -> RuntimeConfig {
     RuntimeConfig {
+        rack_key,
         rack_id: settings.worker.rack_id.clone(),
         worker_id: settings.worker_id(),
         bus: cardfleet_schemas::bus::Bus::Amqp(settings.amqp.endpoint()),
@@ -105,8 +109,36 @@ pub async fn serve_metrics(
         .context("metrics server failed")
 }
 
+/// Loads (or on first start creates) the rack key from `worker.key_file`,
+/// and enrols it when `worker.api_url` and `worker.enrollment_token` are set
+/// and this key has not been enrolled for this rack yet.
+pub async fn rack_key(settings: &WorkerSettings) -> anyhow::Result<RackSecretKey> {
+    let path = &settings.worker.key_file;
+    let rack_id = &settings.worker.rack_id;
+    let (key, _) = rack_key::load_or_create(path)?;
+    if let Some(done) = rack_key::recorded_enrolment(path, rack_id, &key) {
+        tracing::info!(key_id = %done.key_id, enrolled_at = %done.enrolled_at, "rack key enrolled");
+        return Ok(key);
+    }
+    match (&settings.worker.api_url, &settings.worker.enrollment_token) {
+        (Some(api), Some(token)) => {
+            let done = rack_key::enroll(api, token.expose(), rack_id, &key, path)
+                .await
+                .context("enrolling the rack key (worker.api_url, worker.enrollment_token)")?;
+            tracing::info!(key_id = %done.key_id, "rack key enrolled");
+        }
+        _ => tracing::warn!(
+            key_id = %key.public_key().key_id(),
+            "no enrolment of this rack key is recorded; until it is enrolled the control \
+             plane fails this rack's jobs with rack_not_enrolled (cardfleet-worker enroll)"
+        ),
+    }
+    Ok(key)
+}
+
 /// Runs a worker per `settings` until `shutdown`.
 pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let key = Arc::new(rack_key(&settings).await?);
     let metrics = WorkerMetrics::new();
     let rack = match settings.reader.kind {
         ReaderKind::Simulated => {
@@ -124,7 +156,7 @@ pub async fn run(settings: WorkerSettings, shutdown: CancellationToken) -> anyho
             .with_context(|| format!("cannot listen on {addr} (metrics.listen)"))?;
         tokio::spawn(serve_metrics(listener, metrics.clone(), shutdown.clone()));
     }
-    runtime::run(runtime_config(&settings), rack, metrics, shutdown).await;
+    runtime::run(runtime_config(&settings, key), rack, metrics, shutdown).await;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod metrics;
 pub mod piv;
 pub mod rack;
+pub mod rack_key;
 pub mod runtime;
 pub mod settings;
 pub mod tlv;

@@ -25,6 +25,26 @@ enum Command {
     Run(RunArgs),
     /// Attach a virtual PIV card to vsmartcard's vpcd reader driver (runs until killed).
     VirtualCard(VirtualCardArgs),
+    /// Enrol this rack's key (worker.key_file, created if missing) with the control plane.
+    Enroll(EnrollArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnrollArgs {
+    /// Configuration file (default: ./cardfleet-worker.toml if present).
+    #[arg(long, env = "CARDFLEET_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The rack to enrol (worker.rack_id).
+    #[arg(long)]
+    rack_id: Option<String>,
+    /// The control plane's API, e.g. http://cp:8080 (worker.api_url).
+    #[arg(long, value_name = "URL")]
+    api: Option<String>,
+    /// The one-time token from `cardfleet racks enroll-token RACK_ID`
+    /// (worker.enrollment_token); prefer the environment variable to the
+    /// command line, which other users may see.
+    #[arg(long, env = "CARDFLEET_ENROLLMENT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -158,6 +178,39 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cardfleet_worker::app::run(settings, shutdown).await
             })
         }
+        Command::Enroll(args) => {
+            let mut overrides = Vec::new();
+            if let Some(r) = args.rack_id {
+                overrides.push(("worker.rack_id", r));
+            }
+            let settings = WorkerSettings::load(args.config.as_deref(), &overrides)?;
+            init_tracing(&settings.log.filter, settings.log.format == "json");
+            let api = args
+                .api
+                .or_else(|| settings.worker.api_url.clone())
+                .context("name the control plane with --api URL (or worker.api_url)")?;
+            let token = args
+                .token
+                .or_else(|| {
+                    let t = settings.worker.enrollment_token.as_ref();
+                    t.map(|t| t.expose().to_owned())
+                })
+                .context("give the enrollment token with --token (or worker.enrollment_token)")?;
+            let runtime =
+                tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+            let path = settings.worker.key_file.clone();
+            let rack = settings.worker.rack_id.clone();
+            let (key, _) = cardfleet_worker::rack_key::load_or_create(&path)?;
+            let done = runtime.block_on(cardfleet_worker::rack_key::enroll(
+                &api, &token, &rack, &key, &path,
+            ))?;
+            println!(
+                "rack {rack} enrolled with key {} ({})",
+                done.key_id,
+                path.display()
+            );
+            Ok(())
+        }
         Command::VirtualCard(args) => {
             init_tracing("info", false);
             let config = args.into_config();
@@ -219,6 +272,26 @@ mod tests {
         assert_eq!(config.vpcd_addr, "127.0.0.1:35963");
         assert_eq!((config.chip_serial, config.extensions), (None, true));
         assert_eq!(config.mgmt_key_algorithms, MgmtKeyAlgorithm::ALL);
+    }
+
+    #[test]
+    fn enroll_takes_the_api_and_token() {
+        let cli = Cli::try_parse_from([
+            "cardfleet-worker",
+            "enroll",
+            "--api",
+            "http://cp:8080",
+            "--token",
+            "t",
+            "--rack-id",
+            "rack-7",
+        ])
+        .unwrap();
+        let Command::Enroll(args) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(args.api.as_deref(), Some("http://cp:8080"));
+        assert_eq!(args.rack_id.as_deref(), Some("rack-7"));
     }
 
     #[test]

@@ -50,6 +50,36 @@ pub struct WorkerSection {
     /// On SIGTERM, how long in-flight cards may take to finish.
     pub shutdown_grace_seconds: u64,
     pub heartbeat_interval_seconds: u64,
+    /// The rack's X25519 private key, generated (mode 0600) on first start;
+    /// job secrets are sealed to its public half. A key file the group or
+    /// others may read is refused.
+    pub key_file: PathBuf,
+    /// The control plane's API (e.g. `http://cp:8080`), for enrolling the
+    /// rack key at start when it is not enrolled yet.
+    pub api_url: Option<String>,
+    /// One-time enrollment token from `cardfleet racks enroll-token RACK_ID`;
+    /// used with `api_url` at start, then no longer needed.
+    pub enrollment_token: Option<EnrollmentToken>,
+}
+
+/// A one-time enrollment token: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct EnrollmentToken(String);
+
+impl EnrollmentToken {
+    pub fn new(token: String) -> Self {
+        Self(token)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for EnrollmentToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EnrollmentToken(<redacted>)")
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +168,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("worker.card_wait_seconds", "600"),
     ("worker.shutdown_grace_seconds", "30"),
     ("worker.heartbeat_interval_seconds", "5"),
+    ("worker.key_file", "cardfleet-worker.key"),
     ("reader.type", "simulated"),
     ("reader.slots", "16"),
     ("simulated.latency_ms", "0"),
@@ -283,6 +314,27 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("wroker"), "{err}");
+    }
+
+    #[test]
+    fn the_enrollment_token_does_not_print() {
+        let s = WorkerSettings::load(
+            None,
+            &[
+                ("worker.enrollment_token", "tok-secret-123".into()),
+                ("worker.api_url", "http://cp:8080".into()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            s.worker
+                .enrollment_token
+                .as_ref()
+                .map(EnrollmentToken::expose),
+            Some("tok-secret-123")
+        );
+        assert!(!format!("{s:?}").contains("tok-secret-123"));
+        assert_eq!(s.worker.key_file, PathBuf::from("cardfleet-worker.key"));
     }
 
     #[test]

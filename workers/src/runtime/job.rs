@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
 use cardfleet_schemas::bus::{Confirm, Delivery, Props, Publisher};
+use cardfleet_schemas::sealing::{self, RackSecretKey, SECRETS_UNOPENABLE, SealError};
 use cardfleet_schemas::{
     self as wire, CardSecrets, EncodeResult, Failure, InitializeJob, JobStarted, Meta, Outcome,
-    ResultMessage, SecretScheme, SlotEventKind,
+    ResultMessage, SlotEventKind,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -73,15 +73,10 @@ fn decode(data: &[u8]) -> Result<InitializeJob, String> {
     Ok(job)
 }
 
-fn open_secrets(job: &InitializeJob) -> Result<CardSecrets, String> {
-    match job.secrets.scheme {
-        SecretScheme::Plain => {
-            let plain = base64::engine::general_purpose::STANDARD
-                .decode(&job.secrets.payload)
-                .map_err(|_| "job secrets are not base64".to_owned())?;
-            serde_json::from_slice(&plain).map_err(|_| "job secrets do not decode".to_owned())
-        }
-    }
+/// Opens the job's sealed secrets with the rack key. The error names what
+/// went wrong (another key, tampered) and never any key material.
+fn open_secrets(key: &RackSecretKey, job: &InitializeJob) -> Result<CardSecrets, SealError> {
+    sealing::open(key, &job.rack_id, job.job_id, &job.secrets)
 }
 
 async fn run_job(
@@ -134,11 +129,20 @@ async fn run_decoded(
     }
     let started_at = chrono::Utc::now();
     let clock = Instant::now();
-    let secrets = match open_secrets(&job) {
+    let secrets = match open_secrets(&config.rack_key, &job) {
         Ok(s) => s,
-        Err(reason) => {
-            let report = failure("secrets_unreadable", &reason, false);
-            publish_result(shared, publisher, &job, None, report, 0, started_at).await?;
+        Err(e) => {
+            // Sealed for another rack or tampered with: nothing here can
+            // ever open it, so it goes to the dead letters (whose ledger
+            // returns the card to produced) and the card is not touched.
+            tracing::error!(error = %e, "job secrets cannot be opened with this rack's key");
+            dead_letter(
+                publisher,
+                delivery,
+                &config.rack_id,
+                &format!("{SECRETS_UNOPENABLE}: {e}"),
+            )
+            .await?;
             return Ok(Verdict::Ack);
         }
     };

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cardfleet_schemas::amqp as broker;
 use cardfleet_schemas::bus::{Bus, Props, Publisher};
+use cardfleet_schemas::sealing::RackSecretKey;
 use cardfleet_schemas::{
     self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, WorkerHeartbeat,
 };
@@ -40,6 +41,8 @@ pub struct RuntimeConfig {
     pub shutdown_grace: Duration,
     pub heartbeat_interval: Duration,
     pub reconnect_max: Duration,
+    /// The rack's private key; opens the secrets of the rack's jobs.
+    pub rack_key: Arc<RackSecretKey>,
 }
 
 /// Most job ids remembered (cancelled, or seen by this worker).
