@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
-use crate::credentials::{CredentialCipher, MasterKey};
+use crate::credentials::MasterKey;
 use crate::dispatcher::Dispatcher;
 use crate::gauges::GaugeRefresher;
 use crate::ledger::Ledger;
@@ -79,10 +79,7 @@ impl Application {
             cardfleet_schemas::profile::load_profiles(settings.profiles.dir.as_deref())
                 .context("loading card profiles (profiles.dir)")?,
         );
-        let cipher = CredentialCipher::from_hex(
-            &settings.credentials.key_id,
-            &settings.credentials.encryption_key,
-        )?;
+        let cipher = settings.credentials.cipher()?;
         let master_key = MasterKey::from_hex(&settings.credentials.master_key)?;
         let metrics = Metrics::new();
         let reconnect_max = Duration::from_secs(settings.amqp.reconnect_max_seconds.max(1));

@@ -107,6 +107,12 @@ pub enum Command {
         #[command(subcommand)]
         command: RacksCommand,
     },
+    /// Key rotation and management keys, with the server's configuration
+    /// directly on its database.
+    Keys {
+        #[command(subcommand)]
+        command: crate::keys::KeysCommand,
+    },
     /// Print the RabbitMQ topology as definitions for `rabbitmqctl import_definitions`.
     Topology {
         #[arg(long, default_value = "/")]
@@ -260,6 +266,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             println!("database is up to date");
             Ok(())
         }
+        Command::Keys { command } => crate::keys::run(cli.config.as_deref(), command).await,
         Command::Topology { vhost } => {
             let limit = Settings::load(cli.config.as_deref())
                 .map(|s| s.amqp.delivery_limit)
@@ -551,6 +558,7 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
         Command::Serve { .. }
         | Command::Migrate
         | Command::Topology { .. }
+        | Command::Keys { .. }
         | Command::Demo(_)
         | Command::Tokens { .. }
         | Command::Racks { .. }

@@ -1,5 +1,7 @@
 //! Card credentials: PIN and PUK generation under a profile's policy, their
-//! AES-256-GCM encryption at rest, and the per-card management key KDF.
+//! AES-256-GCM encryption at rest under a keyring (the current key encrypts,
+//! previous keys still decrypt, so keys rotate while the system runs), and
+//! the per-card management key KDF.
 
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
@@ -51,26 +53,43 @@ pub fn generate_with<R: Rng + rand::CryptoRng>(policy: &CredentialPolicy, rng: &
     Secret(value)
 }
 
-/// A 256-bit key for encrypting credentials, with the id stored beside
-/// every value it encrypts.
+/// The keyring for credentials at rest: a current 256-bit key, whose id is
+/// stored beside every value it encrypts, and previous keys by id that
+/// still decrypt older values until `cardfleet keys rotate` re-encrypted them.
 #[derive(Clone)]
 pub struct CredentialCipher {
     key_id: String,
     cipher: Aes256Gcm,
+    previous: Vec<(String, Aes256Gcm)>,
 }
 
 impl std::fmt::Debug for CredentialCipher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let previous: Vec<&str> = self.previous.iter().map(|(id, _)| id.as_str()).collect();
         f.debug_struct("CredentialCipher")
             .field("key_id", &self.key_id)
+            .field("previous", &previous)
             .finish_non_exhaustive()
     }
+}
+
+fn aes_key_from_hex(hex_key: &str) -> Result<Aes256Gcm, CredentialError> {
+    let mut key = hex::decode(hex_key.trim()).map_err(|_| CredentialError::BadKey)?;
+    let cipher = (key.len() == 32)
+        .then(|| Aes256Gcm::new_from_slice(&key).ok())
+        .flatten();
+    key.zeroize();
+    cipher.ok_or(CredentialError::BadKey)
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
     #[error("credentials.encryption_key must be 64 hex characters (32 bytes)")]
     BadKey,
+    #[error("credentials.previous_keys.{0} must be 64 hex characters (32 bytes)")]
+    BadPreviousKey(String),
+    #[error("key id '{0}' is both the current key and a previous key")]
+    DuplicateKeyId(String),
     #[error("credentials.master_key must be at least 32 bytes of hex")]
     BadMasterKey,
     #[error("stored credential was encrypted under key '{0}', which is not configured")]
@@ -88,17 +107,52 @@ pub struct Sealed {
 
 impl CredentialCipher {
     pub fn from_hex(key_id: &str, hex_key: &str) -> Result<Self, CredentialError> {
-        let mut key = hex::decode(hex_key.trim()).map_err(|_| CredentialError::BadKey)?;
-        if key.len() != 32 {
-            key.zeroize();
-            return Err(CredentialError::BadKey);
-        }
-        let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| CredentialError::BadKey)?;
-        key.zeroize();
         Ok(Self {
             key_id: key_id.to_owned(),
-            cipher,
+            cipher: aes_key_from_hex(hex_key)?,
+            previous: Vec::new(),
         })
+    }
+
+    /// Adds a previous key: it no longer encrypts, but still decrypts values
+    /// stored under `key_id`.
+    pub fn with_previous(mut self, key_id: &str, hex_key: &str) -> Result<Self, CredentialError> {
+        if key_id == self.key_id || self.previous.iter().any(|(id, _)| id == key_id) {
+            return Err(CredentialError::DuplicateKeyId(key_id.to_owned()));
+        }
+        let cipher = aes_key_from_hex(hex_key)
+            .map_err(|_| CredentialError::BadPreviousKey(key_id.into()))?;
+        self.previous.push((key_id.to_owned(), cipher));
+        Ok(self)
+    }
+
+    /// Ids of the previous keys, whose values `keys rotate` re-encrypts.
+    pub fn previous_key_ids(&self) -> Vec<String> {
+        self.previous.iter().map(|(id, _)| id.clone()).collect()
+    }
+
+    /// The key that decrypts values stored under `key_id`.
+    fn key_for(&self, key_id: &str) -> Result<&Aes256Gcm, CredentialError> {
+        if key_id == self.key_id {
+            return Ok(&self.cipher);
+        }
+        self.previous
+            .iter()
+            .find(|(id, _)| id == key_id)
+            .map(|(_, c)| c)
+            .ok_or_else(|| CredentialError::UnknownKeyId(key_id.to_owned()))
+    }
+
+    /// Decrypts a value stored under `key_id` and encrypts it again under
+    /// the current key, in the same context. The plaintext is zeroized.
+    pub fn reseal(
+        &self,
+        key_id: &str,
+        sealed: &Sealed,
+        context: &[u8],
+    ) -> Result<Sealed, CredentialError> {
+        let secret = self.open(key_id, sealed, context)?;
+        Ok(self.seal(&secret, context))
     }
 
     /// A fresh random key, for standalone runs that keep nothing.
@@ -110,6 +164,7 @@ impl CredentialCipher {
         Self {
             key_id: key_id.to_owned(),
             cipher,
+            previous: Vec::new(),
         }
     }
 
@@ -145,14 +200,11 @@ impl CredentialCipher {
         sealed: &Sealed,
         context: &[u8],
     ) -> Result<Secret, CredentialError> {
-        if key_id != self.key_id {
-            return Err(CredentialError::UnknownKeyId(key_id.to_owned()));
-        }
+        let cipher = self.key_for(key_id)?;
         if sealed.nonce.len() != 12 {
             return Err(CredentialError::Decrypt);
         }
-        let plain = self
-            .cipher
+        let plain = cipher
             .decrypt(
                 Nonce::from_slice(&sealed.nonce),
                 Payload {
@@ -250,6 +302,31 @@ mod tests {
             cipher.open("k2", &sealed, b"job-1/pin"),
             Err(CredentialError::UnknownKeyId(_))
         ));
+    }
+
+    #[test]
+    fn a_keyring_decrypts_under_previous_keys_and_reseals_under_the_current_one() {
+        let old = CredentialCipher::from_hex("k1", &"11".repeat(32)).unwrap();
+        let pin = Secret::new("482913".into());
+        let sealed = old.seal(&pin, b"job-1/pin");
+        let ring = CredentialCipher::from_hex("k2", &"22".repeat(32))
+            .unwrap()
+            .with_previous("k1", &"11".repeat(32))
+            .unwrap();
+        assert_eq!(ring.previous_key_ids(), ["k1"]);
+        assert_eq!(ring.open("k1", &sealed, b"job-1/pin").unwrap(), pin);
+        let resealed = ring.reseal("k1", &sealed, b"job-1/pin").unwrap();
+        let only_new = CredentialCipher::from_hex("k2", &"22".repeat(32)).unwrap();
+        assert_eq!(only_new.open("k2", &resealed, b"job-1/pin").unwrap(), pin);
+        assert!(only_new.open("k1", &sealed, b"job-1/pin").is_err());
+        assert!(ring.reseal("k1", &sealed, b"job-2/pin").is_err());
+
+        assert!(matches!(
+            ring.clone().with_previous("k2", &"33".repeat(32)),
+            Err(CredentialError::DuplicateKeyId(_))
+        ));
+        let bad = ring.with_previous("k0", "abcd").unwrap_err().to_string();
+        assert!(bad.contains("previous_keys.k0"), "{bad}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod dispatcher;
 pub mod domain;
 pub mod gauges;
+pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod settings;

@@ -91,6 +91,25 @@ pub struct CredentialSettings {
     pub encryption_key: String,
     /// At least 64 hex characters: master key for per-card management keys.
     pub master_key: String,
+    /// Earlier encryption keys by key id (64 hex characters each): they no
+    /// longer encrypt, but decrypt rows not yet re-encrypted by
+    /// `cardfleet keys rotate`.
+    #[serde(default)]
+    pub previous_keys: std::collections::BTreeMap<String, String>,
+}
+
+impl CredentialSettings {
+    /// The keyring: `encryption_key` under `key_id`, plus `previous_keys`.
+    pub fn cipher(
+        &self,
+    ) -> Result<crate::credentials::CredentialCipher, crate::credentials::CredentialError> {
+        let mut cipher =
+            crate::credentials::CredentialCipher::from_hex(&self.key_id, &self.encryption_key)?;
+        for (key_id, hex_key) in &self.previous_keys {
+            cipher = cipher.with_previous(key_id, hex_key)?;
+        }
+        Ok(cipher)
+    }
 }
 
 impl std::fmt::Debug for CredentialSettings {
@@ -241,11 +260,9 @@ impl Settings {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             return bad("log.format", "must be 'text' or 'json'");
         }
-        crate::credentials::CredentialCipher::from_hex(
-            &self.credentials.key_id,
-            &self.credentials.encryption_key,
-        )
-        .map_err(|e| SettingsError(e.to_string()))?;
+        self.credentials
+            .cipher()
+            .map_err(|e| SettingsError(e.to_string()))?;
         crate::credentials::MasterKey::from_hex(&self.credentials.master_key)
             .map_err(|e| SettingsError(e.to_string()))?;
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {

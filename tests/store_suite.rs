@@ -2234,6 +2234,7 @@ store_tests!(
     the_audit_trail_cannot_be_updated_deleted_or_truncated,
     tokens_authenticate_until_revoked_and_enrollment_tokens_only_once,
     puk_reads_are_audited_and_pin_mailers_are_released_once_then_destroyed,
+    rotation_re_encrypts_every_credential_under_the_new_key_and_a_second_run_does_nothing,
 );
 
 /// What only a SQLite store has: a file.

@@ -12,6 +12,7 @@ mod ledger;
 mod rack_keys;
 mod racks;
 mod recovery;
+mod rotation;
 mod tokens;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
