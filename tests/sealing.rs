@@ -323,3 +323,72 @@ async fn a_job_on_the_broker_carries_no_pin_puk_or_management_key_in_any_form() 
         );
     }
 }
+
+/// An enrollment token for `rack`, as `cardfleet racks enroll-token` makes it.
+async fn enrollment_token(app: &TestApp, rack: &str) -> String {
+    use cardfleet::store::tokens::{NewToken, Role};
+    let new = NewToken {
+        name: format!(
+            "enroll-{rack}-{}",
+            &Uuid::new_v4().simple().to_string()[..8]
+        ),
+        roles: vec![Role::Worker],
+        rack_id: Some(rack.to_owned()),
+        single_use: true,
+        expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+    };
+    app.store
+        .create_token(&new, "test")
+        .await
+        .unwrap()
+        .expose()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_worker_enrolls_its_key_once_with_its_token_and_a_reused_or_foreign_token_is_refused() {
+    use cardfleet_worker::rack_key::{self, EnrollError};
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rack-e.key");
+    let (key, new) = rack_key::load_or_create(&path).unwrap();
+    assert!(new);
+
+    let token = enrollment_token(&app, "rack-e").await;
+    let done = rack_key::enroll(&app.base, &token, "rack-e", &key, &path)
+        .await
+        .unwrap();
+    assert_eq!(done.key_id, key.public_key().key_id());
+    assert_eq!(
+        app.store.rack_public_key("rack-e").await.unwrap(),
+        Some(*key.public_key().as_bytes())
+    );
+    assert_eq!(
+        rack_key::recorded_enrolment(&path, "rack-e", &key),
+        Some(done)
+    );
+
+    // The same token again: used up.
+    let again = rack_key::enroll(&app.base, &token, "rack-e", &key, &path).await;
+    assert!(
+        matches!(again, Err(EnrollError::Unauthorized(_))),
+        "{again:?}"
+    );
+    // A token made for another rack.
+    let other = enrollment_token(&app, "rack-o").await;
+    let foreign = rack_key::enroll(&app.base, &other, "rack-e", &key, &path).await;
+    assert!(
+        matches!(foreign, Err(EnrollError::Forbidden(_))),
+        "{foreign:?}"
+    );
+    let text = foreign.unwrap_err().to_string();
+    assert!(
+        !text.contains(&other),
+        "the token leaked into an error: {text}"
+    );
+    // Neither refusal changed the enrolled key.
+    assert_eq!(
+        app.store.rack_public_key("rack-e").await.unwrap(),
+        Some(*key.public_key().as_bytes())
+    );
+}
