@@ -256,6 +256,7 @@ impl WorkerMetrics {
             let _ = self.status_words.with_label_values(&[rack, class]);
         }
         let _ = self.quarantines.with_label_values(&[rack]);
+        let _ = self.cards_retried.with_label_values(&[rack]);
         let _ = self.in_flight.with_label_values(&[rack]);
         let _ = self.reconnects.with_label_values(&[rack]);
         let states = SLOT_STATES.map(slot_state_label);
