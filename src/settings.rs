@@ -248,6 +248,9 @@ impl Settings {
 
     fn check(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
+            return bad("amqp.tls", problem);
+        }
         if self.http.max_batch_cards == 0 {
             return bad("http.max_batch_cards", "must be at least 1");
         }
@@ -265,9 +268,6 @@ impl Settings {
             .map_err(|e| SettingsError(e.to_string()))?;
         crate::credentials::MasterKey::from_hex(&self.credentials.master_key)
             .map_err(|e| SettingsError(e.to_string()))?;
-        if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
-            return bad("amqp.tls", problem);
-        }
         Ok(())
     }
 }
