@@ -26,6 +26,17 @@ use support::*;
 const CARDS: u32 = 24;
 const RACK: &str = "rack-redact";
 
+/// (chip serial, job id, key id, PIN nonce, PIN ciphertext, PUK nonce, PUK ciphertext)
+type CredentialRow = (
+    String,
+    uuid::Uuid,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+);
+
 /// Everything written by tracing, at every level.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
@@ -217,7 +228,7 @@ async fn no_pin_puk_or_management_key_appears_anywhere_it_should_not() {
 
     // The secrets, read the way only this test can: decrypting the store.
     let pool = app.store.postgres_pool().unwrap().clone();
-    let rows: Vec<(String, uuid::Uuid, String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> =
+    let rows: Vec<CredentialRow> =
         sqlx::query_as(
             "SELECT c.chip_serial, cr.job_id, cr.key_id, cr.pin_nonce, cr.pin_ct, cr.puk_nonce, cr.puk_ct
              FROM credentials cr JOIN cards c ON c.id = cr.card_id",

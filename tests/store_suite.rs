@@ -1756,7 +1756,11 @@ async fn a_restart_redispatches_dispatched_and_encoding_jobs_with_their_credenti
 
     assert_eq!(db.store.redispatch_in_flight(ACTOR).await.unwrap(), 3);
     assert_eq!(db.job_state(ids[0]).await, "queued");
-    assert_eq!(db.job_state(ids[1]).await, "succeeded", "finished jobs stay");
+    assert_eq!(
+        db.job_state(ids[1]).await,
+        "succeeded",
+        "finished jobs stay"
+    );
     assert_eq!(db.job_state(ids[2]).await, "queued");
     assert_eq!(db.rows("outbox").await, 3);
     assert_eq!(db.audit("job.redispatched").await, 3);

@@ -78,10 +78,12 @@ impl Pki {
         let builder = if require_client_certificate {
             let mut roots = rustls::RootCertStore::empty();
             roots.add(self.ca.der().clone()).unwrap();
-            let verifier =
-                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                    .build()
-                    .unwrap();
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
             builder.with_client_cert_verifier(verifier)
         } else {
             builder.with_no_client_auth()
@@ -138,8 +140,11 @@ async fn amqp_round_trip(endpoint: &Endpoint) -> anyhow::Result<Vec<u8>> {
     use futures_util::StreamExt;
     use lapin::options::{BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions};
     use lapin::types::FieldTable;
-    let conn = tokio::time::timeout(Duration::from_secs(20), connect_endpoint(endpoint, "tls-test"))
-        .await??;
+    let conn = tokio::time::timeout(
+        Duration::from_secs(20),
+        connect_endpoint(endpoint, "tls-test"),
+    )
+    .await??;
     let channel = conn.create_channel().await?;
     let queue = channel
         .queue_declare(
@@ -200,7 +205,11 @@ async fn amqps_with_the_ca_and_a_client_certificate_carries_messages() {
 async fn amqps_without_the_required_client_certificate_is_refused() {
     let pki = Pki::new();
     let port = tls_proxy(pki.acceptor(true), "127.0.0.1:5672", false).await;
-    assert!(amqp_round_trip(&amqps(port, pki.files(false))).await.is_err());
+    assert!(
+        amqp_round_trip(&amqps(port, pki.files(false)))
+            .await
+            .is_err()
+    );
 }
 
 #[tokio::test]
@@ -215,7 +224,11 @@ async fn amqps_to_a_broker_signed_by_another_ca_is_refused() {
         "a certificate from an unknown CA must not be trusted"
     );
     // The right CA works through the same proxy.
-    assert!(amqp_round_trip(&amqps(port, pki.files(false))).await.is_ok());
+    assert!(
+        amqp_round_trip(&amqps(port, pki.files(false)))
+            .await
+            .is_ok()
+    );
 }
 
 #[test]

@@ -80,7 +80,8 @@ pub enum ConnectError {
 }
 
 fn read_tls_file(path: &Path) -> Result<Vec<u8>, ConnectError> {
-    std::fs::read(path).map_err(|e| ConnectError::Tls(format!("cannot read {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ConnectError::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
 /// Connects to an endpoint, with TLS when its URL is `amqps://`.
