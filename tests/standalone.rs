@@ -3,6 +3,8 @@
 //! started again on the same data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -373,15 +375,8 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
             .unwrap()
             .unwrap_or_else(|| panic!("no saved chip for {serial}"));
         let mut card = VirtualPivCard::from_state(state);
-        card.reset();
-        let select = [0x00, 0xA4, 0x04, 0x00, 0x05, 0xA0, 0x00, 0x00, 0x03, 0x08];
-        card.process(&select);
-        let mut verify = vec![0x00, 0x20, 0x00, 0x80, 0x08];
-        let mut data = pin.expose().as_bytes().to_vec();
-        data.resize(8, 0xFF);
-        verify.extend_from_slice(&data);
         assert!(
-            card.process(&verify).ends_with(&[0x90, 0x00]),
+            support::workers::verify_pin(&mut card, pin.expose()),
             "chip {serial} does not hold its stored PIN"
         );
     }
