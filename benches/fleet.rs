@@ -121,7 +121,7 @@ async fn raw_lapin_round_trips(url: &str, n: usize) -> f64 {
     rate
 }
 
-async fn throughput(n: u32) {
+async fn throughput(n: u32, smoke: bool) {
     let app = spawn_app_with(
         &cardfleet::app::Component::ALL,
         &[
@@ -130,7 +130,7 @@ async fn throughput(n: u32) {
         ],
     )
     .await;
-    let raw = raw_lapin_round_trips(&app.vhost.url(), 20_000).await;
+    let raw = raw_lapin_round_trips(&app.vhost.url(), if smoke { 500 } else { 20_000 }).await;
     import_serials(&app, 1..=n).await;
     app.enable().await;
     // Zero-latency cards leave a slot as fast as the pipeline can swap
@@ -139,7 +139,7 @@ async fn throughput(n: u32) {
     let slots: u16 = std::env::var("CARDFLEET_BENCH_SLOTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+        .unwrap_or(if smoke { 16 } else { 256 });
     let mut running = Vec::new();
     for w in 0..workers {
         let cards = (1..=n)
@@ -194,18 +194,25 @@ async fn print_stage_latencies(app: &TestApp) {
     );
 }
 
-async fn utilization() {
+async fn utilization(smoke: bool) {
     let app = spawn_app_with(
         &cardfleet::app::Component::ALL,
         &[("database.max_connections", "16".into())],
     )
     .await;
-    let (workers, slots, per_slot) = (8u32, 32u16, 4u32);
+    let (workers, slots, per_slot) = if smoke {
+        (2u32, 4u16, 2u32)
+    } else {
+        (8u32, 32u16, 4u32)
+    };
     let n = workers * u32::from(slots) * per_slot;
     import_serials(&app, 1..=n).await;
     app.enable().await;
     // About 37 commands per card: 27 ms each makes a 1 s card.
-    let latency = [("simulated.latency_ms", "27".to_string())];
+    let latency = [(
+        "simulated.latency_ms",
+        if smoke { "1" } else { "27" }.to_string(),
+    )];
     let mut running = Vec::new();
     for w in 0..workers {
         let cards = (1..=n)
@@ -265,9 +272,9 @@ fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn worker_rss() {
+async fn worker_rss(smoke: bool) {
     let app = spawn_app().await;
-    let n = 2000u32;
+    let n = if smoke { 100u32 } else { 2000u32 };
     import_serials(&app, 1..=n).await;
     app.enable().await;
     let dir = std::env::temp_dir().join(format!("cf-rss-{}", uuid::Uuid::new_v4()));
@@ -319,18 +326,28 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
-    let which = args.first().map(String::as_str).unwrap_or("all");
-    let n: u32 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100_000);
+    // `smoke` runs every part at a small size, without targets in mind:
+    // `scripts/test` runs it so the benchmark cannot rot.
+    let smoke = args.first().is_some_and(|a| a == "smoke");
+    let which = match args.first().map(String::as_str) {
+        None | Some("smoke") => "all",
+        Some(which) => which,
+    };
+    let default_n = if smoke { 300 } else { 100_000 };
+    let n: u32 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(default_n);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         if matches!(which, "all" | "throughput") {
-            throughput(n).await;
+            throughput(n, smoke).await;
         }
         if matches!(which, "all" | "utilization") {
-            utilization().await;
+            utilization(smoke).await;
         }
         if matches!(which, "all" | "rss") {
-            worker_rss().await;
+            worker_rss(smoke).await;
         }
     });
 }

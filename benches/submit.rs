@@ -3,6 +3,7 @@
 //! about time. Needs the local PostgreSQL and RabbitMQ.
 //!
 //! Run: `cargo bench --bench submit` (add `-- 10000` for one size).
+//! `scripts/test` runs it in a smoke mode (`-- 200`) so it cannot rot.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../tests/support/mod.rs"]
@@ -11,6 +12,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use support::workers::enroll_rack;
 use support::*;
 
 async fn dispatched(app: &TestApp) -> i64 {
@@ -52,6 +54,9 @@ async fn run(n: usize) {
         cardfleet::broker::declare_rack_queue(&worker.channel, rack, 5)
             .await
             .unwrap();
+        // Jobs are sealed to the rack's enrolled key: without one they end
+        // `rack_not_enrolled` and never reach the broker.
+        enroll_rack(&app.store, rack).await;
     }
     app.enable().await;
 
