@@ -522,3 +522,115 @@ async fn a_csv_production_file_imports_good_rows_and_reports_bad_ones() {
     let listed = app.get("/v1/cards?type=temporary&state=produced").await;
     assert_eq!(listed.body.as_array().unwrap().len(), 2);
 }
+
+/// Regression: a NUL byte in a message once made the PostgreSQL insert of
+/// its dead letter fail, the ledger reconnected forever and applied nothing
+/// else; and dead letters were published before the commit, so every retry
+/// added a copy.
+#[tokio::test]
+async fn a_nul_byte_poison_message_is_dead_lettered_once_and_later_heartbeats_still_apply() {
+    let app = spawn_app().await;
+    let worker = FakeWorker::connect(&app.vhost.url()).await;
+    let poison: &[u8] = b"\x00{\"type\":\"encode_result\",\x00\xff\xfe}";
+    // The same message twice, as a redelivery or a duplicate would bring it.
+    for _ in 0..2 {
+        let props = cardfleet::broker::properties("poison-1", "test");
+        assert!(
+            cardfleet::broker::publish_confirmed(
+                &worker.channel,
+                wire::RESULTS_EXCHANGE,
+                wire::RESULTS_QUEUE,
+                poison,
+                props,
+            )
+            .await
+            .unwrap()
+        );
+    }
+    // A heartbeat that decodes but that PostgreSQL refuses (NUL in text):
+    // only it becomes a dead letter, not the heartbeats batched with it.
+    let heartbeat = |rack: &str, worker_id: &str| {
+        serde_json::to_vec(&wire::EventMessage::WorkerHeartbeat(
+            wire::WorkerHeartbeat {
+                meta: wire::Meta::now(),
+                rack_id: rack.into(),
+                worker_id: worker_id.into(),
+                version: "test".into(),
+                interval_seconds: 5,
+                in_flight: 0,
+                slots: vec![],
+            },
+        ))
+        .unwrap()
+    };
+    let refused_heartbeat = heartbeat("rack-nul", "w\u{0}");
+    worker
+        .publish(wire::EVENTS_EXCHANGE, "heartbeat", &refused_heartbeat)
+        .await;
+    for i in 0..10 {
+        let rack = format!("rack-hb-{i}");
+        worker
+            .publish(wire::EVENTS_EXCHANGE, "heartbeat", &heartbeat(&rack, "w"))
+            .await;
+    }
+
+    eventually(WAIT, "the 10 later heartbeats applied", || async {
+        let racks = app.get("/v1/racks").await.body;
+        racks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["rack_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("rack-hb-"))
+            })
+            .count()
+            == 10
+    })
+    .await;
+    let pool = app.store.postgres_pool().unwrap();
+    eventually(WAIT, "two dead letters", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        n >= 2
+    })
+    .await;
+    let rows: Vec<(String, String, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT source, reason, raw FROM dead_letters ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let poisoned: Vec<_> = rows
+        .iter()
+        .filter(|(source, _, _)| source == wire::RESULTS_QUEUE)
+        .collect();
+    assert_eq!(poisoned.len(), 1, "dead-lettered once: {rows:?}");
+    assert_eq!(poisoned[0].2.as_deref(), Some(poison), "byte-exact");
+    assert!(poisoned[0].1.starts_with("undecodable"), "{rows:?}");
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|(source, _, _)| source == wire::SLOT_EVENTS_QUEUE)
+        .collect();
+    assert_eq!(refused.len(), 1, "{rows:?}");
+    assert!(
+        refused[0].1.starts_with("unapplicable: sqlstate 22"),
+        "{rows:?}"
+    );
+    assert_eq!(refused[0].2.as_deref(), Some(refused_heartbeat.as_slice()));
+    assert!(
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rack_id"] == "rack-nul")
+    );
+    // The listing shows a readable, storable view of the poison.
+    let listed = app.get("/v1/dead-letters").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body.as_array().unwrap().len(), 2);
+}

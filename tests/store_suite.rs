@@ -176,6 +176,15 @@ impl Db {
         }
     }
 
+    /// The raw bytes of every dead letter, oldest first.
+    async fn dead_letter_raw(&self) -> Vec<Vec<u8>> {
+        let sql = "SELECT raw FROM dead_letters ORDER BY id";
+        match &self.raw {
+            Raw::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            Raw::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+        }
+    }
+
     /// Status of the credentials of `job_id`.
     async fn credential_status(&self, job_id: Uuid) -> String {
         let sql = "SELECT status FROM credentials WHERE job_id = $1";
@@ -1214,17 +1223,28 @@ async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
 async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
     db.store.record_dead_letters(&[]).await.unwrap();
     assert!(db.store.list_dead_letters(10, 0).await.unwrap().is_empty());
-    let letter = |n: usize| DeadLetter {
-        source: "cardfleet.results".into(),
-        reason: format!("reason {n}"),
-        message_id: n.is_multiple_of(2).then(|| format!("msg-{n}")),
-        payload: format!("{{\"n\": {n}, \"text\": \"it's 'quoted'\"}}"),
+    let letter = |n: usize| {
+        DeadLetter::new(
+            "cardfleet.results",
+            &format!("reason {n}"),
+            n.is_multiple_of(2).then(|| format!("msg-{n}")).as_deref(),
+            format!("{{\"n\": {n}, \"text\": \"it's 'quoted'\"}}").as_bytes(),
+        )
     };
-    db.store
+    let inserted = db
+        .store
         .record_dead_letters(&[letter(0), letter(1)])
         .await
         .unwrap();
+    assert_eq!(inserted.len(), 2);
     db.store.record_dead_letters(&[letter(2)]).await.unwrap();
+    // Recorded again (a redelivery, a retried batch): nothing new.
+    let again = db
+        .store
+        .record_dead_letters(&[letter(1), letter(2), letter(2)])
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 
     let listed = db.store.list_dead_letters(10, 0).await.unwrap();
     let reasons: Vec<&str> = listed.iter().map(|l| l.reason.as_str()).collect();
@@ -1238,6 +1258,17 @@ async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
     let page = db.store.list_dead_letters(1, 1).await.unwrap();
     assert_eq!(page[0].reason, "reason 1");
     assert_eq!(db.store.fleet_snapshot().await.unwrap().dead_letters, 3);
+}
+
+async fn poison_dead_letters_are_stored_byte_exact(db: Db) {
+    let poison: &[u8] = b"\x00\xff{\"type\":\x00}";
+    let letter = DeadLetter::new("cardfleet.slot-events", "why\0", Some("id\0"), poison);
+    let inserted = db.store.record_dead_letters(&[letter]).await.unwrap();
+    assert_eq!(inserted, vec!["cardfleet.slot-events".to_owned()]);
+    let listed = db.store.list_dead_letters(10, 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].payload.contains('\0'));
+    assert_eq!(db.dead_letter_raw().await, vec![poison.to_vec()]);
 }
 
 async fn batch_status_counts_every_state_and_pages_its_cards(db: Db) {
@@ -2227,6 +2258,7 @@ store_tests!(
     cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers,
     cancel_of_one_card_leaves_the_rest_of_the_batch,
     dead_letters_are_recorded_and_listed_newest_first,
+    poison_dead_letters_are_stored_byte_exact,
     batch_status_counts_every_state_and_pages_its_cards,
     batch_transitions_follow_a_batch_in_order_after_a_sequence,
     the_fleet_snapshot_counts_live_jobs_outbox_lag_and_racks,

@@ -43,13 +43,18 @@ pub(super) struct Changes {
     pub credential_status: Vec<Option<&'static str>>,
 }
 
-/// A dead letter to record.
+/// A dead letter to record; built by [`DeadLetter::new`].
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub source: String,
     pub reason: String,
     pub message_id: Option<String>,
+    /// Readable, redacted and bounded view of the message.
     pub payload: String,
+    /// The message byte-exact (a job's secrets removed).
+    pub raw: Vec<u8>,
+    /// Recording is idempotent on this key.
+    pub content_key: String,
 }
 
 /// The card's next state and the credentials' status after a final outcome.
@@ -71,9 +76,11 @@ impl Store {
         on_backend!(self, s => s.apply_results(messages, actor).await)
     }
 
-    pub async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
+    /// Records dead letters once each (by content key) and returns the
+    /// sources of those not recorded before.
+    pub async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<Vec<String>> {
         if letters.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         on_backend!(self, s => s.record_dead_letters(letters).await)
     }
