@@ -1198,6 +1198,62 @@ async fn cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_work
     assert_eq!(again.finished, 3);
 }
 
+/// Regression: a batch cancelled while its jobs sat on an offline rack's
+/// queue went back to produced with revoked credentials, and the results
+/// the worker sent when it came back were dropped: the chips held a PIN,
+/// PUK and management key nobody had.
+async fn a_cancel_of_dispatched_jobs_is_a_request_and_their_results_win(db: Db) {
+    let ids = db.import("CR", 3).await;
+    db.insert_chips("CR", &[0, 1, 2]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    assert_eq!(db.dispatch_all().await, 3);
+    let jobs: Vec<Uuid> = futures_util::future::join_all(ids.iter().map(|id| db.job_id(*id))).await;
+
+    let outcome = db.store.cancel(batch, None, ACTOR).await.unwrap();
+    assert!(outcome.cancelled.is_empty(), "{outcome:?}");
+    let mut stopping = outcome.stopping.clone();
+    stopping.sort();
+    let mut expected = jobs.clone();
+    expected.sort();
+    assert_eq!(stopping, expected);
+    for (card, job) in ids.iter().zip(&jobs) {
+        assert_eq!(db.job_state(*card).await, "dispatched");
+        assert_eq!(db.card_state(*card).await, CardState::Initializing);
+        assert_eq!(db.credential_status(*job).await, "pending");
+    }
+    assert_eq!(db.audit("job.cancel_requested").await, 3);
+
+    // The worker comes back: card 0 was encoded, card 1 never touched.
+    db.store
+        .apply_results(
+            &[
+                finished(jobs[0], ids[0], Outcome::Succeeded, None),
+                finished(jobs[1], ids[1], Outcome::Cancelled, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.job_state(ids[0]).await, "succeeded");
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+    assert_eq!(db.credential_status(jobs[0]).await, "active");
+    assert_eq!(db.job_state(ids[1]).await, "cancelled");
+    assert_eq!(db.card_state(ids[1]).await, CardState::Produced);
+    assert_eq!(db.credential_status(jobs[1]).await, "revoked");
+    assert_eq!(db.job_state(ids[2]).await, "dispatched");
+    assert_eq!(db.credential_status(jobs[2]).await, "pending");
+
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    let card0 = status.cards.iter().find(|c| c.card_id == ids[0]).unwrap();
+    assert_eq!(card0.state.as_str(), "succeeded");
+    assert_eq!(
+        card0.reason.as_deref(),
+        Some(cardfleet::store::ledger::FINISHED_BEFORE_CANCEL)
+    );
+    assert!(!status.finished);
+}
+
 async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
     let ids = db.import("K1", 2).await;
     db.enable().await;
@@ -2257,6 +2313,7 @@ store_tests!(
     racks_list_their_heartbeat_and_the_last_word_on_each_slot,
     cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers,
     cancel_of_one_card_leaves_the_rest_of_the_batch,
+    a_cancel_of_dispatched_jobs_is_a_request_and_their_results_win,
     dead_letters_are_recorded_and_listed_newest_first,
     poison_dead_letters_are_stored_byte_exact,
     batch_status_counts_every_state_and_pages_its_cards,

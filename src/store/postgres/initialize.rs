@@ -160,6 +160,15 @@ impl PgStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !plan.outcome.stopping.is_empty() {
+            sqlx::query(
+                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+                 WHERE id = ANY($1)",
+            )
+            .bind(&plan.outcome.stopping)
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some(message) = &plan.message {
             sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
                 .bind(sqlx::types::Json(message))

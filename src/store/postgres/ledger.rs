@@ -21,7 +21,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let ids = result_job_ids(messages);
         let rows = sqlx::query(
-            "SELECT id, card_id, batch_id, state FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, card_id, batch_id, state, cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -35,6 +35,7 @@ impl PgStore {
                     card_id: r.try_get("card_id")?,
                     batch_id: r.try_get("batch_id")?,
                     state: JobState::parse(&state).unwrap_or(JobState::Failed),
+                    cancel_requested: r.try_get("cancel_requested")?,
                 },
             );
         }

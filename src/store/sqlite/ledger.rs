@@ -21,7 +21,7 @@ impl SqliteStore {
         let ids = result_job_ids(messages);
         let mut tx = self.write().await?;
         let rows = sqlx::query(
-            "SELECT id, card_id, batch_id, state FROM jobs
+            "SELECT id, card_id, batch_id, state, cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs
              WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
         )
         .bind(json_list(&ids))
@@ -36,6 +36,7 @@ impl SqliteStore {
                     card_id: r.uuid("card_id")?,
                     batch_id: r.uuid("batch_id")?,
                     state: JobState::parse(&state).unwrap_or(JobState::Failed),
+                    cancel_requested: r.try_get("cancel_requested")?,
                 },
             );
         }
