@@ -2410,3 +2410,97 @@ mod sqlite_file {
         assert!(db.store.postgres_pool().is_some());
     }
 }
+
+/// What only PostgreSQL has: row locks taken by concurrent transactions.
+mod lock_order {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Regression: the dispatcher's claim locked outbox rows and then jobs,
+    /// a cancel locked jobs and then outbox rows; run together they
+    /// deadlocked and PostgreSQL aborted one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatcher_claims_and_cancels_run_together_on_thousands_of_jobs_without_deadlock() {
+        const BATCHES: usize = 20;
+        const PER_BATCH: usize = 100;
+        let db = Db::postgres().await;
+        db.enable().await;
+        let ids = db.import("LK", BATCHES * PER_BATCH).await;
+        let all: Vec<usize> = (0..ids.len()).collect();
+        db.insert_chips("LK", &all).await;
+        let mut batches = Vec::new();
+        for cards in ids.chunks(PER_BATCH) {
+            batches.push((db.initialize(cards).await.batch_id, cards.to_vec()));
+        }
+        assert_eq!(db.rows("outbox").await, (BATCHES * PER_BATCH) as i64);
+
+        let cancels_done = Arc::new(AtomicBool::new(false));
+        let dispatcher = {
+            let store = db.store.clone();
+            let done = cancels_done.clone();
+            tokio::spawn(async move {
+                loop {
+                    let claim = store.claim_outbox(20).await?;
+                    if claim.jobs.is_empty() {
+                        drop(claim);
+                        if done.load(Ordering::Relaxed) {
+                            return Ok::<_, StoreError>(());
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    // Publishing to the broker happens here, with the
+                    // outbox rows held; it takes a few milliseconds.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let every: Vec<usize> = (0..claim.jobs.len()).collect();
+                    claim.finish(&every, "dispatcher").await?;
+                }
+            })
+        };
+        let mut cancellers = Vec::new();
+        for part in batches.chunks(BATCHES / 2) {
+            let store = db.store.clone();
+            let part = part.to_vec();
+            cancellers.push(tokio::spawn(async move {
+                for (batch, cards) in part {
+                    for card in cards.iter().step_by(7) {
+                        store.cancel(batch, Some(*card), ACTOR).await?;
+                    }
+                    store.cancel(batch, None, ACTOR).await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for canceller in cancellers {
+            canceller.await.unwrap().expect("a cancel failed");
+        }
+        cancels_done.store(true, Ordering::Relaxed);
+        dispatcher.await.unwrap().expect("a claim failed");
+
+        // Every job was cancelled at once or, dispatched first, asked to stop.
+        assert_eq!(db.rows("outbox").await, 0);
+        let undecided = db
+            .count(
+                "SELECT count(*) FROM jobs WHERE $1 <> '' AND state <> 'cancelled'
+                   AND NOT (state = 'dispatched' AND cancel_requested_at IS NOT NULL)",
+                "x",
+            )
+            .await;
+        assert_eq!(undecided, 0);
+        let cancelled = db
+            .count(
+                "SELECT count(*) FROM cards WHERE $1 <> '' AND state = 'produced'",
+                "x",
+            )
+            .await;
+        let asked = db
+            .count(
+                "SELECT count(*) FROM jobs WHERE $1 <> '' AND cancel_requested_at IS NOT NULL",
+                "x",
+            )
+            .await;
+        assert_eq!(cancelled + asked, (BATCHES * PER_BATCH) as i64);
+    }
+}

@@ -120,6 +120,19 @@ impl PgStore {
         if !batch_exists {
             return Err(StoreError::NotFound);
         }
+        // One lock order for every transaction that touches both: outbox
+        // rows first, then jobs, as the dispatcher's claim takes them. A
+        // claim being published holds its outbox rows; this waits for it
+        // and then sees its jobs dispatched.
+        sqlx::query(
+            "SELECT o.id FROM outbox o JOIN jobs j ON j.id = o.job_id
+             WHERE j.batch_id = $1 AND ($2::uuid IS NULL OR j.card_id = $2)
+             ORDER BY o.id FOR UPDATE OF o",
+        )
+        .bind(batch_id)
+        .bind(card_id)
+        .execute(&mut *tx)
+        .await?;
         let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT id, card_id, state FROM jobs
              WHERE batch_id = $1 AND ($2::uuid IS NULL OR card_id = $2)
