@@ -640,3 +640,49 @@ async fn a_nul_byte_poison_message_is_dead_lettered_once_and_later_heartbeats_st
     assert_eq!(listed.status, 200, "{}", listed.body);
     assert_eq!(listed.body.as_array().unwrap().len(), 2);
 }
+
+/// A worker never holds a message it cannot take: poison on its queue (more
+/// than its prefetch window of one slot) is dead-lettered, and the next real
+/// job is encoded.
+#[tokio::test]
+async fn a_worker_dead_letters_poison_on_its_queue_and_goes_on_encoding() {
+    let app = spawn_app().await;
+    workers::import_serials(&app, [7301u32].into_iter()).await;
+    app.enable().await;
+    let _worker = workers::TestWorker::start(
+        &app,
+        "rack-p",
+        1,
+        vec![cardfleet_worker::rack::simulated::SimCard::new(7301)],
+        &[],
+    );
+    wait_for_a_rack(&app).await;
+    let fake = FakeWorker::connect(&app.vhost.url()).await;
+    for _ in 0..3 {
+        fake.publish(wire::JOBS_EXCHANGE, "rack-p", b"\x00\xff not a job\x00")
+            .await;
+    }
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM cards WHERE chip_serial = '7301'")
+        .fetch_one(app.store.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": [id] }))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(Duration::from_secs(60), "the card encoded", || async {
+        app.card_state(id).await == "unassigned"
+    })
+    .await;
+    let pool = app.store.postgres_pool().unwrap();
+    eventually(WAIT, "three dead letters from the rack", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE source = 'cardfleet.rack.rack-p'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        n == 3
+    })
+    .await;
+}
