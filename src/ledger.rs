@@ -1,11 +1,12 @@
 //! Ledger: consumes results, slot events and dead letters, applies each
 //! batch of messages in one database transaction and acks only after the
-//! commit. Undecodable messages and results for unknown jobs are
-//! dead-lettered with a reason; nothing here crashes on bad input.
+//! commit. Undecodable messages, results for unknown jobs and messages the
+//! database refuses are recorded as dead letters (once each, after the
+//! commit) and acked: no message can stop the ledger.
 
 use std::time::Duration;
 
-use cardfleet_schemas::bus::{Bus, Consumer, Delivery, Props, Publisher};
+use cardfleet_schemas::bus::{Bus, Consumer, Delivery};
 use cardfleet_schemas::sealing::SECRETS_UNOPENABLE;
 use cardfleet_schemas::{
     self as wire, EncodeResult, EventMessage, Failure, InitializeJob, Meta, Outcome, ResultMessage,
@@ -44,8 +45,8 @@ impl Source {
     }
 }
 
-/// Largest payload kept in a dead-letter row.
-const DEAD_PAYLOAD_MAX: usize = 64 * 1024;
+/// Tries of a batch whose database error is transient.
+const TRANSIENT_TRIES: u32 = 5;
 
 impl Ledger {
     pub async fn run(self, shutdown: CancellationToken) {
@@ -73,7 +74,7 @@ impl Ledger {
                     &format!("cardfleet-ledger-{}", source.queue()),
                 )
                 .await?;
-            loops.push(self.consume(source, consumer, &publisher, shutdown));
+            loops.push(self.consume(source, consumer, shutdown));
         }
         tracing::info!("ledger connected");
         // One consumer failing ends the session; closing the connection hands
@@ -87,7 +88,6 @@ impl Ledger {
         &self,
         source: Source,
         mut consumer: Consumer,
-        publisher: &Publisher,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         loop {
@@ -109,25 +109,9 @@ impl Ledger {
                     Ok(None) | Err(_) => break,
                 }
             }
-            // Applying is idempotent, so a transient database error is
-            // simply tried again on the same batch.
-            let mut tries = 0;
-            loop {
-                let applied = match source {
-                    Source::Results => self.apply_results(&batch, publisher).await,
-                    Source::Events => self.apply_events(&batch, publisher).await,
-                    Source::Dead => self.record_dead(&batch).await,
-                };
-                match applied {
-                    Ok(()) => break,
-                    Err(e) if tries < 5 && is_transient(&e) => {
-                        tries += 1;
-                        tracing::info!(error = %e, tries, "retrying a batch after a transient database error");
-                        tokio::time::sleep(Duration::from_millis(20 << tries)).await;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
+            let refs: Vec<&Delivery> = batch.iter().collect();
+            let letters = self.apply_each_if_needed(source, &refs).await?;
+            self.record_letters(letters).await?;
             // Everything up to the last delivery of this consumer is in `batch`.
             if let Some(last) = batch.last() {
                 consumer.ack_through(last).await?;
@@ -135,23 +119,114 @@ impl Ledger {
         }
     }
 
-    async fn dead_letter(
+    /// Applies a batch; when the database refuses it because of what a
+    /// message holds, applies its messages one by one so that only the
+    /// message at fault becomes a dead letter. An error means the database
+    /// is unavailable; the batch stays unacked.
+    async fn apply_each_if_needed(
         &self,
-        publisher: &Publisher,
-        delivery: &Delivery,
-        source: &str,
-        reason: &str,
-    ) -> anyhow::Result<()> {
-        let message_id = delivery.message_id();
-        tracing::warn!(%source, %reason, "dead-lettering a message");
-        let props = Props::dead_letter(message_id.as_deref(), source, reason);
-        if !publisher
-            .publish_confirmed(wire::DEAD_EXCHANGE, "", delivery.data(), &props)
-            .await?
-        {
-            anyhow::bail!("broker did not confirm a dead letter");
+        source: Source,
+        batch: &[&Delivery],
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let error = match self.apply_retrying(source, batch).await {
+            Ok(letters) => return Ok(letters),
+            Err(e) => e,
+        };
+        if message_fault(&error).is_none() {
+            return Err(error);
+        }
+        tracing::warn!(error = %error, size = batch.len(), "the database refused a batch; applying its messages one by one");
+        let mut letters = Vec::new();
+        for delivery in batch {
+            match self.apply_retrying(source, &[*delivery]).await {
+                Ok(more) => letters.extend(more),
+                Err(e) => match message_fault(&e) {
+                    Some(code) => {
+                        tracing::warn!(error = %e, "the database refused a message; dead-lettering it");
+                        letters.push(letter(
+                            delivery,
+                            source.queue(),
+                            &format!("unapplicable: {code}"),
+                        ));
+                    }
+                    None => return Err(e),
+                },
+            }
+        }
+        Ok(letters)
+    }
+
+    /// Applies a batch, trying again after a transient database error:
+    /// applying is idempotent.
+    async fn apply_retrying(
+        &self,
+        source: Source,
+        batch: &[&Delivery],
+    ) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut tries = 0;
+        loop {
+            let applied = match source {
+                Source::Results => self.apply_results(batch).await,
+                Source::Events => self.apply_events(batch).await,
+                Source::Dead => self.apply_dead(batch).await,
+            };
+            match applied {
+                Err(e) if tries < TRANSIENT_TRIES && is_transient(&e) => {
+                    tries += 1;
+                    tracing::info!(error = %e, tries, "retrying a batch after a transient database error");
+                    tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Records dead letters after the commit of what they came with, each
+    /// once; when the batch is refused, one by one, so one letter cannot
+    /// keep the others (or the ledger) back.
+    async fn record_letters(&self, letters: Vec<DeadLetter>) -> anyhow::Result<()> {
+        if letters.is_empty() {
+            return Ok(());
+        }
+        let error = match self.record_retrying(&letters).await {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        if message_fault(&error).is_none() {
+            return Err(error);
+        }
+        for letter in &letters {
+            if let Err(e) = self.record_retrying(std::slice::from_ref(letter)).await {
+                if message_fault(&e).is_none() {
+                    return Err(e);
+                }
+                // Not expected: every field is storable by construction.
+                tracing::error!(error = %e, content_key = %letter.content_key, source = %letter.source, "a dead letter cannot be stored");
+            }
         }
         Ok(())
+    }
+
+    async fn record_retrying(&self, letters: &[DeadLetter]) -> anyhow::Result<()> {
+        let mut tries = 0;
+        loop {
+            match self.store.record_dead_letters(letters).await {
+                Ok(inserted) => {
+                    for source in inserted {
+                        self.metrics
+                            .dead_letters
+                            .with_label_values(&[source_label(&source)])
+                            .inc();
+                    }
+                    return Ok(());
+                }
+                Err(e) if tries < TRANSIENT_TRIES && e.is_transient() => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(20 << tries)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     }
 
     /// Counts the results that ended a job.
@@ -171,7 +246,10 @@ impl Ledger {
         }
     }
 
-    async fn apply_results(&self, batch: &[Delivery], publisher: &Publisher) -> anyhow::Result<()> {
+    /// Applies results in one transaction; returns the dead letters to
+    /// record after its commit.
+    async fn apply_results(&self, batch: &[&Delivery]) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut letters = Vec::new();
         let mut messages = Vec::with_capacity(batch.len());
         let mut origin = Vec::with_capacity(batch.len());
         for delivery in batch {
@@ -185,13 +263,12 @@ impl Ledger {
                         .results_applied
                         .with_label_values(&["undecodable"])
                         .inc();
-                    self.dead_letter(publisher, delivery, wire::RESULTS_QUEUE, &reason)
-                        .await?;
+                    letters.push(letter(delivery, wire::RESULTS_QUEUE, &reason));
                 }
             }
         }
         if messages.is_empty() {
-            return Ok(());
+            return Ok(letters);
         }
         let applied = self.store.apply_results(&messages, "ledger").await?;
         self.count_finished(&messages, &applied);
@@ -206,22 +283,23 @@ impl Ledger {
                 .with_label_values(&[label])
                 .inc();
             if *effect == Applied::UnknownJob {
-                self.dead_letter(publisher, delivery, wire::RESULTS_QUEUE, "unknown_job")
-                    .await?;
+                letters.push(letter(delivery, wire::RESULTS_QUEUE, "unknown_job"));
             }
         }
-        Ok(())
+        Ok(letters)
     }
 
-    async fn apply_events(&self, batch: &[Delivery], publisher: &Publisher) -> anyhow::Result<()> {
+    /// Applies slot events and heartbeats in one transaction; returns the
+    /// dead letters to record after its commit.
+    async fn apply_events(&self, batch: &[&Delivery]) -> anyhow::Result<Vec<DeadLetter>> {
+        let mut letters = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
         for delivery in batch {
             match decode::<EventMessage>(delivery.data(), EventMessage::meta).and_then(valid_event)
             {
                 Ok(e) => events.push(e),
                 Err(reason) => {
-                    self.dead_letter(publisher, delivery, wire::SLOT_EVENTS_QUEUE, &reason)
-                        .await?;
+                    letters.push(letter(delivery, wire::SLOT_EVENTS_QUEUE, &reason));
                 }
             }
         }
@@ -229,12 +307,13 @@ impl Ledger {
             self.store.apply_events(&events, "ledger").await?;
             self.metrics.events_applied.inc_by(events.len() as u64);
         }
-        Ok(())
+        Ok(letters)
     }
 
-    /// Records dead letters; a job that RabbitMQ gave up on (delivery limit)
-    /// fails with that reason so its card goes back to stock.
-    async fn record_dead(&self, batch: &[Delivery]) -> anyhow::Result<()> {
+    /// Takes messages from the dead-letter queue: a job that RabbitMQ gave
+    /// up on (delivery limit) fails with that reason so its card goes back
+    /// to stock; every message is returned as a dead letter to record.
+    async fn apply_dead(&self, batch: &[&Delivery]) -> anyhow::Result<Vec<DeadLetter>> {
         let mut letters = Vec::with_capacity(batch.len());
         let mut exhausted = Vec::new();
         for delivery in batch {
@@ -249,18 +328,6 @@ impl Ledger {
                     .bus_death()
                     .unwrap_or_else(|| ("unknown".into(), "unknown".into())),
             };
-            let source_label = if source.starts_with("cardfleet.rack.") {
-                "rack"
-            } else {
-                match source.as_str() {
-                    wire::RESULTS_QUEUE | wire::SLOT_EVENTS_QUEUE => source.as_str(),
-                    _ => "other",
-                }
-            };
-            self.metrics
-                .dead_letters
-                .with_label_values(&[source_label])
-                .inc();
             if let Ok(job) = serde_json::from_slice::<InitializeJob>(delivery.data()) {
                 // A worker that cannot open the job's secrets says so; the
                 // card was not touched and goes back to produced either way.
@@ -289,20 +356,58 @@ impl Ledger {
                     finished_at: chrono::Utc::now(),
                 }));
             }
-            letters.push(DeadLetter {
-                source,
-                reason,
-                message_id: delivery.message_id(),
-                payload: redacted_payload(delivery.data()),
-            });
+            letters.push(letter(delivery, &source, &reason));
         }
         if !exhausted.is_empty() {
             let applied = self.store.apply_results(&exhausted, "ledger").await?;
             self.count_finished(&exhausted, &applied);
         }
-        self.store.record_dead_letters(&letters).await?;
-        Ok(())
+        Ok(letters)
     }
+}
+
+fn letter(delivery: &Delivery, source: &str, reason: &str) -> DeadLetter {
+    tracing::warn!(%source, %reason, "dead-lettering a message");
+    DeadLetter::new(
+        source,
+        reason,
+        delivery.message_id().as_deref(),
+        delivery.data(),
+    )
+}
+
+/// The label of `cardfleet_dead_letters_total` for a source queue.
+fn source_label(source: &str) -> &str {
+    if source.starts_with("cardfleet.rack.") {
+        "rack"
+    } else {
+        match source {
+            wire::RESULTS_QUEUE | wire::SLOT_EVENTS_QUEUE => source,
+            _ => "other",
+        }
+    }
+}
+
+/// When the database refused a write because of what a message holds (a
+/// data exception or a broken constraint, e.g. a NUL in a text field), a
+/// stable code for it; `None` when the database itself is the problem.
+fn message_fault(e: &anyhow::Error) -> Option<String> {
+    use crate::store::StoreError;
+    let store = e.downcast_ref::<StoreError>()?;
+    let StoreError::Database(sqlx::Error::Database(db)) = store else {
+        return match store {
+            StoreError::Invalid(_) => Some("store_refused".into()),
+            _ => None,
+        };
+    };
+    let code = db.code()?;
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_TOOBIG (18), SQLITE_CONSTRAINT (19), SQLITE_MISMATCH (20).
+        let primary = code.parse::<i32>().ok()? & 0xff;
+        return matches!(primary, 18..=20).then(|| format!("sqlite {primary}"));
+    }
+    // Class 22: data exception; class 23: integrity constraint violation.
+    (code.starts_with("22") || code.starts_with("23")).then(|| format!("sqlstate {code}"))
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
@@ -351,48 +456,9 @@ fn valid_event(event: EventMessage) -> Result<EventMessage, String> {
     Ok(event)
 }
 
-/// The payload as stored and listed: secrets removed, size bounded.
-fn redacted_payload(data: &[u8]) -> String {
-    let text = match serde_json::from_slice::<serde_json::Value>(data) {
-        Ok(mut value) => {
-            if let Some(obj) = value.as_object_mut()
-                && obj.contains_key("secrets")
-            {
-                obj.insert("secrets".into(), "<redacted>".into());
-            }
-            value.to_string()
-        }
-        Err(_) => String::from_utf8_lossy(data).into_owned(),
-    };
-    if text.len() > DEAD_PAYLOAD_MAX {
-        let mut end = DEAD_PAYLOAD_MAX;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}…(truncated)", &text[..end])
-    } else {
-        text
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dead_letters_never_keep_job_secrets() {
-        let payload = br#"{"job_id":"x","secrets":{"scheme":"plain","payload":"c2VjcmV0"}}"#;
-        let stored = redacted_payload(payload);
-        assert!(!stored.contains("c2VjcmV0"), "{stored}");
-        assert!(stored.contains("<redacted>"));
-    }
-
-    #[test]
-    fn garbage_is_kept_lossily_and_bounded() {
-        let garbage = vec![0xffu8; DEAD_PAYLOAD_MAX + 10];
-        let stored = redacted_payload(&garbage);
-        assert!(stored.ends_with("(truncated)"));
-    }
 
     #[test]
     fn a_future_schema_version_is_refused() {

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod cli;
 pub mod client;
 pub mod credentials;
+pub mod dead_letters;
 pub mod demo;
 pub mod dispatcher;
 pub mod domain;

@@ -230,10 +230,12 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
         .post(&format!("/v1/initializations/{batch}/cancel"), json!({}))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["cancelled"].as_array().unwrap().len(), 2);
-    for id in &ids {
-        assert_eq!(app.card_state(*id).await, "produced");
-    }
+    // Card 1 never left: cancelled at once. Card 0's job is on a rack's
+    // queue: only a request, the worker's answer decides.
+    assert_eq!(r.body["cancelled"].as_array().unwrap().len(), 1);
+    assert_eq!(r.body["stopping"].as_array().unwrap().len(), 1);
+    assert_eq!(app.card_state(ids[1]).await, "produced");
+    assert_eq!(app.card_state(ids[0]).await, "initializing");
 
     let delivery = tokio::time::timeout(WAIT, cancellations.next())
         .await
@@ -251,11 +253,12 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
         "the message on the broker is not named cancelled"
     );
 
-    // A worker that encoded it anyway cannot move the card: the result is stale.
+    // A worker that missed the broadcast and encoded the card: the result
+    // is a fact about the chip and wins; the card keeps its credentials.
     worker
         .publish_result(&result_for(&job, Outcome::Succeeded))
         .await;
-    eventually(WAIT, "stale result consumed", || async {
+    eventually(WAIT, "the result applied", || async {
         let m = reqwest::get(format!(
             "http://127.0.0.1:{}/metrics",
             app.metrics_port.unwrap()
@@ -265,10 +268,13 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
         .text()
         .await
         .unwrap();
-        m.contains("cardfleet_results_applied_total{effect=\"unchanged\"} 1")
+        m.contains("cardfleet_results_applied_total{effect=\"changed\"} 1")
     })
     .await;
-    assert_eq!(app.card_state(ids[0]).await, "produced");
+    assert_eq!(app.card_state(ids[0]).await, "unassigned");
+    let status = app.get(&format!("/v1/initializations/{batch}")).await.body;
+    assert_eq!(status["counts"]["succeeded"], 1, "{status}");
+    assert_eq!(status["counts"]["cancelled"], 1, "{status}");
 
     // A quarantined slot is released through the same exchange.
     let r = app
@@ -293,7 +299,7 @@ async fn cancel_before_encoding_returns_the_card_and_tells_the_workers() {
 
     // Cancelled cards can be submitted again.
     let again = app
-        .post("/v1/initializations", json!({ "card_ids": [ids[0]] }))
+        .post("/v1/initializations", json!({ "card_ids": [ids[1]] }))
         .await;
     assert_eq!(again.status, 202);
     assert_eq!(again.body["accepted"].as_array().unwrap().len(), 1);
@@ -521,4 +527,162 @@ async fn a_csv_production_file_imports_good_rows_and_reports_bad_ones() {
     assert_eq!(r.body["imported"], 0);
     let listed = app.get("/v1/cards?type=temporary&state=produced").await;
     assert_eq!(listed.body.as_array().unwrap().len(), 2);
+}
+
+/// Regression: a NUL byte in a message once made the PostgreSQL insert of
+/// its dead letter fail, the ledger reconnected forever and applied nothing
+/// else; and dead letters were published before the commit, so every retry
+/// added a copy.
+#[tokio::test]
+async fn a_nul_byte_poison_message_is_dead_lettered_once_and_later_heartbeats_still_apply() {
+    let app = spawn_app().await;
+    let worker = FakeWorker::connect(&app.vhost.url()).await;
+    let poison: &[u8] = b"\x00{\"type\":\"encode_result\",\x00\xff\xfe}";
+    // The same message twice, as a redelivery or a duplicate would bring it.
+    for _ in 0..2 {
+        let props = cardfleet::broker::properties("poison-1", "test");
+        assert!(
+            cardfleet::broker::publish_confirmed(
+                &worker.channel,
+                wire::RESULTS_EXCHANGE,
+                wire::RESULTS_QUEUE,
+                poison,
+                props,
+            )
+            .await
+            .unwrap()
+        );
+    }
+    // A heartbeat that decodes but that PostgreSQL refuses (NUL in text):
+    // only it becomes a dead letter, not the heartbeats batched with it.
+    let heartbeat = |rack: &str, worker_id: &str| {
+        serde_json::to_vec(&wire::EventMessage::WorkerHeartbeat(
+            wire::WorkerHeartbeat {
+                meta: wire::Meta::now(),
+                rack_id: rack.into(),
+                worker_id: worker_id.into(),
+                version: "test".into(),
+                interval_seconds: 5,
+                in_flight: 0,
+                slots: vec![],
+            },
+        ))
+        .unwrap()
+    };
+    let refused_heartbeat = heartbeat("rack-nul", "w\u{0}");
+    worker
+        .publish(wire::EVENTS_EXCHANGE, "heartbeat", &refused_heartbeat)
+        .await;
+    for i in 0..10 {
+        let rack = format!("rack-hb-{i}");
+        worker
+            .publish(wire::EVENTS_EXCHANGE, "heartbeat", &heartbeat(&rack, "w"))
+            .await;
+    }
+
+    eventually(WAIT, "the 10 later heartbeats applied", || async {
+        let racks = app.get("/v1/racks").await.body;
+        racks
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r["rack_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("rack-hb-"))
+            })
+            .count()
+            == 10
+    })
+    .await;
+    let pool = app.store.postgres_pool().unwrap();
+    eventually(WAIT, "two dead letters", || async {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+        n >= 2
+    })
+    .await;
+    let rows: Vec<(String, String, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT source, reason, raw FROM dead_letters ORDER BY id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let poisoned: Vec<_> = rows
+        .iter()
+        .filter(|(source, _, _)| source == wire::RESULTS_QUEUE)
+        .collect();
+    assert_eq!(poisoned.len(), 1, "dead-lettered once: {rows:?}");
+    assert_eq!(poisoned[0].2.as_deref(), Some(poison), "byte-exact");
+    assert!(poisoned[0].1.starts_with("undecodable"), "{rows:?}");
+    let refused: Vec<_> = rows
+        .iter()
+        .filter(|(source, _, _)| source == wire::SLOT_EVENTS_QUEUE)
+        .collect();
+    assert_eq!(refused.len(), 1, "{rows:?}");
+    assert!(
+        refused[0].1.starts_with("unapplicable: sqlstate 22"),
+        "{rows:?}"
+    );
+    assert_eq!(refused[0].2.as_deref(), Some(refused_heartbeat.as_slice()));
+    assert!(
+        !app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["rack_id"] == "rack-nul")
+    );
+    // The listing shows a readable, storable view of the poison.
+    let listed = app.get("/v1/dead-letters").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body.as_array().unwrap().len(), 2);
+}
+
+/// A worker never holds a message it cannot take: poison on its queue (more
+/// than its prefetch window of one slot) is dead-lettered, and the next real
+/// job is encoded.
+#[tokio::test]
+async fn a_worker_dead_letters_poison_on_its_queue_and_goes_on_encoding() {
+    let app = spawn_app().await;
+    workers::import_serials(&app, [7301u32].into_iter()).await;
+    app.enable().await;
+    let _worker = workers::TestWorker::start(
+        &app,
+        "rack-p",
+        1,
+        vec![cardfleet_worker::rack::simulated::SimCard::new(7301)],
+        &[],
+    );
+    wait_for_a_rack(&app).await;
+    let fake = FakeWorker::connect(&app.vhost.url()).await;
+    for _ in 0..3 {
+        fake.publish(wire::JOBS_EXCHANGE, "rack-p", b"\x00\xff not a job\x00")
+            .await;
+    }
+    let id: Uuid = sqlx::query_scalar("SELECT id FROM cards WHERE chip_serial = '7301'")
+        .fetch_one(app.store.postgres_pool().unwrap())
+        .await
+        .unwrap();
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": [id] }))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(Duration::from_secs(60), "the card encoded", || async {
+        app.card_state(id).await == "unassigned"
+    })
+    .await;
+    let pool = app.store.postgres_pool().unwrap();
+    eventually(WAIT, "three dead letters from the rack", || async {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM dead_letters WHERE source = 'cardfleet.rack.rack-p'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        n == 3
+    })
+    .await;
 }

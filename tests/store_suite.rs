@@ -176,6 +176,15 @@ impl Db {
         }
     }
 
+    /// The raw bytes of every dead letter, oldest first.
+    async fn dead_letter_raw(&self) -> Vec<Vec<u8>> {
+        let sql = "SELECT raw FROM dead_letters ORDER BY id";
+        match &self.raw {
+            Raw::Postgres(p) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+            Raw::Sqlite(p, _) => sqlx::query_scalar(sql).fetch_all(p).await.unwrap(),
+        }
+    }
+
     /// Status of the credentials of `job_id`.
     async fn credential_status(&self, job_id: Uuid) -> String {
         let sql = "SELECT status FROM credentials WHERE job_id = $1";
@@ -1189,6 +1198,62 @@ async fn cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_work
     assert_eq!(again.finished, 3);
 }
 
+/// Regression: a batch cancelled while its jobs sat on an offline rack's
+/// queue went back to produced with revoked credentials, and the results
+/// the worker sent when it came back were dropped: the chips held a PIN,
+/// PUK and management key nobody had.
+async fn a_cancel_of_dispatched_jobs_is_a_request_and_their_results_win(db: Db) {
+    let ids = db.import("CR", 3).await;
+    db.insert_chips("CR", &[0, 1, 2]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    assert_eq!(db.dispatch_all().await, 3);
+    let jobs: Vec<Uuid> = futures_util::future::join_all(ids.iter().map(|id| db.job_id(*id))).await;
+
+    let outcome = db.store.cancel(batch, None, ACTOR).await.unwrap();
+    assert!(outcome.cancelled.is_empty(), "{outcome:?}");
+    let mut stopping = outcome.stopping.clone();
+    stopping.sort();
+    let mut expected = jobs.clone();
+    expected.sort();
+    assert_eq!(stopping, expected);
+    for (card, job) in ids.iter().zip(&jobs) {
+        assert_eq!(db.job_state(*card).await, "dispatched");
+        assert_eq!(db.card_state(*card).await, CardState::Initializing);
+        assert_eq!(db.credential_status(*job).await, "pending");
+    }
+    assert_eq!(db.audit("job.cancel_requested").await, 3);
+
+    // The worker comes back: card 0 was encoded, card 1 never touched.
+    db.store
+        .apply_results(
+            &[
+                finished(jobs[0], ids[0], Outcome::Succeeded, None),
+                finished(jobs[1], ids[1], Outcome::Cancelled, None),
+            ],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.job_state(ids[0]).await, "succeeded");
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+    assert_eq!(db.credential_status(jobs[0]).await, "active");
+    assert_eq!(db.job_state(ids[1]).await, "cancelled");
+    assert_eq!(db.card_state(ids[1]).await, CardState::Produced);
+    assert_eq!(db.credential_status(jobs[1]).await, "revoked");
+    assert_eq!(db.job_state(ids[2]).await, "dispatched");
+    assert_eq!(db.credential_status(jobs[2]).await, "pending");
+
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    let card0 = status.cards.iter().find(|c| c.card_id == ids[0]).unwrap();
+    assert_eq!(card0.state.as_str(), "succeeded");
+    assert_eq!(
+        card0.reason.as_deref(),
+        Some(cardfleet::store::ledger::FINISHED_BEFORE_CANCEL)
+    );
+    assert!(!status.finished);
+}
+
 async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
     let ids = db.import("K1", 2).await;
     db.enable().await;
@@ -1214,17 +1279,28 @@ async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
 async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
     db.store.record_dead_letters(&[]).await.unwrap();
     assert!(db.store.list_dead_letters(10, 0).await.unwrap().is_empty());
-    let letter = |n: usize| DeadLetter {
-        source: "cardfleet.results".into(),
-        reason: format!("reason {n}"),
-        message_id: n.is_multiple_of(2).then(|| format!("msg-{n}")),
-        payload: format!("{{\"n\": {n}, \"text\": \"it's 'quoted'\"}}"),
+    let letter = |n: usize| {
+        DeadLetter::new(
+            "cardfleet.results",
+            &format!("reason {n}"),
+            n.is_multiple_of(2).then(|| format!("msg-{n}")).as_deref(),
+            format!("{{\"n\": {n}, \"text\": \"it's 'quoted'\"}}").as_bytes(),
+        )
     };
-    db.store
+    let inserted = db
+        .store
         .record_dead_letters(&[letter(0), letter(1)])
         .await
         .unwrap();
+    assert_eq!(inserted.len(), 2);
     db.store.record_dead_letters(&[letter(2)]).await.unwrap();
+    // Recorded again (a redelivery, a retried batch): nothing new.
+    let again = db
+        .store
+        .record_dead_letters(&[letter(1), letter(2), letter(2)])
+        .await
+        .unwrap();
+    assert!(again.is_empty(), "{again:?}");
 
     let listed = db.store.list_dead_letters(10, 0).await.unwrap();
     let reasons: Vec<&str> = listed.iter().map(|l| l.reason.as_str()).collect();
@@ -1238,6 +1314,17 @@ async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
     let page = db.store.list_dead_letters(1, 1).await.unwrap();
     assert_eq!(page[0].reason, "reason 1");
     assert_eq!(db.store.fleet_snapshot().await.unwrap().dead_letters, 3);
+}
+
+async fn poison_dead_letters_are_stored_byte_exact(db: Db) {
+    let poison: &[u8] = b"\x00\xff{\"type\":\x00}";
+    let letter = DeadLetter::new("cardfleet.slot-events", "why\0", Some("id\0"), poison);
+    let inserted = db.store.record_dead_letters(&[letter]).await.unwrap();
+    assert_eq!(inserted, vec!["cardfleet.slot-events".to_owned()]);
+    let listed = db.store.list_dead_letters(10, 0).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert!(!listed[0].payload.contains('\0'));
+    assert_eq!(db.dead_letter_raw().await, vec![poison.to_vec()]);
 }
 
 async fn batch_status_counts_every_state_and_pages_its_cards(db: Db) {
@@ -2226,7 +2313,9 @@ store_tests!(
     racks_list_their_heartbeat_and_the_last_word_on_each_slot,
     cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers,
     cancel_of_one_card_leaves_the_rest_of_the_batch,
+    a_cancel_of_dispatched_jobs_is_a_request_and_their_results_win,
     dead_letters_are_recorded_and_listed_newest_first,
+    poison_dead_letters_are_stored_byte_exact,
     batch_status_counts_every_state_and_pages_its_cards,
     batch_transitions_follow_a_batch_in_order_after_a_sequence,
     the_fleet_snapshot_counts_live_jobs_outbox_lag_and_racks,
@@ -2319,5 +2408,99 @@ mod sqlite_file {
         let db = Db::postgres().await;
         assert_eq!(db.store.backend(), "postgres");
         assert!(db.store.postgres_pool().is_some());
+    }
+}
+
+/// What only PostgreSQL has: row locks taken by concurrent transactions.
+mod lock_order {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::*;
+
+    /// Regression: the dispatcher's claim locked outbox rows and then jobs,
+    /// a cancel locked jobs and then outbox rows; run together they
+    /// deadlocked and PostgreSQL aborted one of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dispatcher_claims_and_cancels_run_together_on_thousands_of_jobs_without_deadlock() {
+        const BATCHES: usize = 20;
+        const PER_BATCH: usize = 100;
+        let db = Db::postgres().await;
+        db.enable().await;
+        let ids = db.import("LK", BATCHES * PER_BATCH).await;
+        let all: Vec<usize> = (0..ids.len()).collect();
+        db.insert_chips("LK", &all).await;
+        let mut batches = Vec::new();
+        for cards in ids.chunks(PER_BATCH) {
+            batches.push((db.initialize(cards).await.batch_id, cards.to_vec()));
+        }
+        assert_eq!(db.rows("outbox").await, (BATCHES * PER_BATCH) as i64);
+
+        let cancels_done = Arc::new(AtomicBool::new(false));
+        let dispatcher = {
+            let store = db.store.clone();
+            let done = cancels_done.clone();
+            tokio::spawn(async move {
+                loop {
+                    let claim = store.claim_outbox(20).await?;
+                    if claim.jobs.is_empty() {
+                        drop(claim);
+                        if done.load(Ordering::Relaxed) {
+                            return Ok::<_, StoreError>(());
+                        }
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    // Publishing to the broker happens here, with the
+                    // outbox rows held; it takes a few milliseconds.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    let every: Vec<usize> = (0..claim.jobs.len()).collect();
+                    claim.finish(&every, "dispatcher").await?;
+                }
+            })
+        };
+        let mut cancellers = Vec::new();
+        for part in batches.chunks(BATCHES / 2) {
+            let store = db.store.clone();
+            let part = part.to_vec();
+            cancellers.push(tokio::spawn(async move {
+                for (batch, cards) in part {
+                    for card in cards.iter().step_by(7) {
+                        store.cancel(batch, Some(*card), ACTOR).await?;
+                    }
+                    store.cancel(batch, None, ACTOR).await?;
+                }
+                Ok::<_, StoreError>(())
+            }));
+        }
+        for canceller in cancellers {
+            canceller.await.unwrap().expect("a cancel failed");
+        }
+        cancels_done.store(true, Ordering::Relaxed);
+        dispatcher.await.unwrap().expect("a claim failed");
+
+        // Every job was cancelled at once or, dispatched first, asked to stop.
+        assert_eq!(db.rows("outbox").await, 0);
+        let undecided = db
+            .count(
+                "SELECT count(*) FROM jobs WHERE $1 <> '' AND state <> 'cancelled'
+                   AND NOT (state = 'dispatched' AND cancel_requested_at IS NOT NULL)",
+                "x",
+            )
+            .await;
+        assert_eq!(undecided, 0);
+        let cancelled = db
+            .count(
+                "SELECT count(*) FROM cards WHERE $1 <> '' AND state = 'produced'",
+                "x",
+            )
+            .await;
+        let asked = db
+            .count(
+                "SELECT count(*) FROM jobs WHERE $1 <> '' AND cancel_requested_at IS NOT NULL",
+                "x",
+            )
+            .await;
+        assert_eq!(cancelled + asked, (BATCHES * PER_BATCH) as i64);
     }
 }

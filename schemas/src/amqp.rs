@@ -129,16 +129,16 @@ pub async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
     Ok(channel)
 }
 
-fn quorum_args(dead_letter: bool, delivery_limit: Option<u32>) -> FieldTable {
+fn quorum_args(dead_letter_exchange: Option<&str>, delivery_limit: Option<u32>) -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    if dead_letter {
+    if let Some(exchange) = dead_letter_exchange {
         args.insert(
             "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(wire::DEAD_EXCHANGE.into()),
+            AMQPValue::LongString(exchange.into()),
         );
     }
     if let Some(limit) = delivery_limit {
@@ -161,17 +161,52 @@ pub(crate) const EXCHANGES: &[(&str, &str)] = &[
     (wire::EVENTS_EXCHANGE, "topic"),
     (wire::CONTROL_EXCHANGE, "fanout"),
     (wire::DEAD_EXCHANGE, "fanout"),
+    (wire::PARKED_EXCHANGE, "fanout"),
 ];
 
-/// Fixed queues: (queue, exchange, routing key).
-pub(crate) const QUEUES: &[(&str, &str, &str)] = &[
-    (
-        wire::RESULTS_QUEUE,
-        wire::RESULTS_EXCHANGE,
-        wire::RESULTS_QUEUE,
-    ),
-    (wire::SLOT_EVENTS_QUEUE, wire::EVENTS_EXCHANGE, "#"),
-    (wire::DEAD_QUEUE, wire::DEAD_EXCHANGE, ""),
+/// A fixed queue of the topology.
+pub(crate) struct FixedQueue {
+    pub name: &'static str,
+    pub exchange: &'static str,
+    pub routing_key: &'static str,
+    /// Where a message goes past the delivery limit (and when rejected).
+    pub dead_letter_exchange: Option<&'static str>,
+    pub delivery_limit: Option<u32>,
+}
+
+/// Fixed queues. Consumed queues have a delivery limit: a message no
+/// consumer can take goes to the dead letters, a dead letter the ledger
+/// cannot record is parked, and nothing is redelivered forever.
+pub(crate) const QUEUES: &[FixedQueue] = &[
+    FixedQueue {
+        name: wire::RESULTS_QUEUE,
+        exchange: wire::RESULTS_EXCHANGE,
+        routing_key: wire::RESULTS_QUEUE,
+        dead_letter_exchange: Some(wire::DEAD_EXCHANGE),
+        delivery_limit: Some(wire::FIXED_QUEUE_DELIVERY_LIMIT),
+    },
+    FixedQueue {
+        name: wire::SLOT_EVENTS_QUEUE,
+        exchange: wire::EVENTS_EXCHANGE,
+        routing_key: "#",
+        dead_letter_exchange: Some(wire::DEAD_EXCHANGE),
+        delivery_limit: Some(wire::FIXED_QUEUE_DELIVERY_LIMIT),
+    },
+    FixedQueue {
+        name: wire::DEAD_QUEUE,
+        exchange: wire::DEAD_EXCHANGE,
+        routing_key: "",
+        dead_letter_exchange: Some(wire::PARKED_EXCHANGE),
+        delivery_limit: Some(wire::FIXED_QUEUE_DELIVERY_LIMIT),
+    },
+    // Not consumed: a message stays until an operator takes it.
+    FixedQueue {
+        name: wire::PARKED_QUEUE,
+        exchange: wire::PARKED_EXCHANGE,
+        routing_key: "",
+        dead_letter_exchange: None,
+        delivery_limit: None,
+    },
 ];
 
 fn kind(name: &str) -> ExchangeKind {
@@ -197,16 +232,19 @@ pub async fn declare_topology(channel: &Channel) -> Result<(), AmqpError> {
             )
             .await?;
     }
-    for (queue, exchange, key) in QUEUES {
-        let dead_letter = *queue != wire::DEAD_QUEUE;
+    for q in QUEUES {
         channel
-            .queue_declare((*queue).into(), durable(), quorum_args(dead_letter, None))
+            .queue_declare(
+                q.name.into(),
+                durable(),
+                quorum_args(q.dead_letter_exchange, q.delivery_limit),
+            )
             .await?;
         channel
             .queue_bind(
-                (*queue).into(),
-                (*exchange).into(),
-                (*key).into(),
+                q.name.into(),
+                q.exchange.into(),
+                q.routing_key.into(),
                 QueueBindOptions::default(),
                 FieldTable::default(),
             )
@@ -226,7 +264,7 @@ pub async fn declare_rack_queue(
         .queue_declare(
             queue.as_str().into(),
             durable(),
-            quorum_args(true, Some(delivery_limit)),
+            quorum_args(Some(wire::DEAD_EXCHANGE), Some(delivery_limit)),
         )
         .await?;
     channel
@@ -322,23 +360,26 @@ pub fn definitions(vhost: &str, delivery_limit: u32) -> serde_json::Value {
         .collect();
     let queues: Vec<_> = QUEUES
         .iter()
-        .map(|(queue, _, _)| {
+        .map(|q| {
             let mut arguments = serde_json::json!({ "x-queue-type": "quorum" });
-            if *queue != wire::DEAD_QUEUE {
-                arguments["x-dead-letter-exchange"] = wire::DEAD_EXCHANGE.into();
+            if let Some(exchange) = q.dead_letter_exchange {
+                arguments["x-dead-letter-exchange"] = exchange.into();
+            }
+            if let Some(limit) = q.delivery_limit {
+                arguments["x-delivery-limit"] = limit.into();
             }
             serde_json::json!({
-                "name": queue, "vhost": vhost, "durable": true, "auto_delete": false,
+                "name": q.name, "vhost": vhost, "durable": true, "auto_delete": false,
                 "arguments": arguments
             })
         })
         .collect();
     let bindings: Vec<_> = QUEUES
         .iter()
-        .map(|(queue, exchange, key)| {
+        .map(|q| {
             serde_json::json!({
-                "source": exchange, "vhost": vhost, "destination": queue,
-                "destination_type": "queue", "routing_key": key, "arguments": {}
+                "source": q.exchange, "vhost": vhost, "destination": q.name,
+                "destination_type": "queue", "routing_key": q.routing_key, "arguments": {}
             })
         })
         .collect();

@@ -441,6 +441,22 @@ impl Delivery {
         }
     }
 
+    /// Refuses the message for good: the broker dead-letters it (through
+    /// the queue's dead-letter exchange) instead of delivering it again.
+    pub async fn reject(&self) -> Result<(), BusError> {
+        match self {
+            Delivery::Amqp(d) => {
+                d.nack(BasicNackOptions {
+                    requeue: false,
+                    ..BasicNackOptions::default()
+                })
+                .await?;
+                Ok(())
+            }
+            Delivery::Memory(d) => d.nack(false),
+        }
+    }
+
     /// Hands the message back to its queue for another delivery.
     pub async fn requeue(&self) -> Result<(), BusError> {
         match self {

@@ -26,6 +26,17 @@ pub const DEAD_EXCHANGE: &str = "cardfleet.dead";
 /// Queue bound to [`DEAD_EXCHANGE`].
 pub const DEAD_QUEUE: &str = "cardfleet.dead";
 
+/// Fanout exchange and queue for dead letters the ledger could not take
+/// within [`FIXED_QUEUE_DELIVERY_LIMIT`] deliveries. Nothing consumes it;
+/// operators inspect it (`rabbitmqctl`, management UI).
+pub const PARKED_EXCHANGE: &str = "cardfleet.parked";
+/// Queue bound to [`PARKED_EXCHANGE`].
+pub const PARKED_QUEUE: &str = "cardfleet.parked";
+/// Delivery limit of the fixed queues (results, slot events, dead letters):
+/// a message that keeps failing is dead-lettered (or parked) instead of
+/// being redelivered forever.
+pub const FIXED_QUEUE_DELIVERY_LIMIT: u32 = 20;
+
 /// The queue of one rack: `cardfleet.rack.<rack-id>`.
 pub fn rack_queue(rack_id: &str) -> String {
     format!("cardfleet.rack.{rack_id}")

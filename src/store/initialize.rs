@@ -222,8 +222,11 @@ pub(super) struct CancelPlan {
     pub message: Option<ControlMessage>,
 }
 
-/// Sorts the selected jobs (id, card id, state) into cancelled at once,
-/// stopping (encoding: the worker stops it) and already finished.
+/// Sorts the selected jobs (id, card id, state) into cancelled at once
+/// (queued, awaiting a card), stopping and already finished. A job that
+/// has left for a rack (dispatched, encoding) is only asked to stop: the
+/// worker's answer decides, and a result that arrives wins, because it is a
+/// fact about the chip.
 pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> CancelPlan {
     let mut outcome = CancelOutcome {
         cancelled: vec![],
@@ -234,7 +237,21 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
     let mut audit = AuditRows::default();
     for (job_id, card, state) in jobs {
         match JobState::parse(&state) {
-            Some(JobState::Encoding) => outcome.stopping.push(job_id),
+            Some(s @ (JobState::Dispatched | JobState::Encoding)) => {
+                outcome.stopping.push(job_id);
+                audit.push_job(
+                    "job.cancel_requested",
+                    JobTransition {
+                        job_id,
+                        card_id: card,
+                        batch_id,
+                        from: Some(s.as_str()),
+                        to: s.as_str(),
+                        card_state: None,
+                    },
+                    None,
+                );
+            }
             Some(s) if s.can_become(JobState::Cancelled) => {
                 outcome.cancelled.push(job_id);
                 cards.push(card);

@@ -29,6 +29,8 @@ pub(super) struct JobRow {
     pub card_id: Uuid,
     pub batch_id: Uuid,
     pub state: JobState,
+    /// An operator asked to cancel the job after it left for a rack.
+    pub cancel_requested: bool,
 }
 
 /// The net change per job of a run of results, as column arrays.
@@ -43,14 +45,23 @@ pub(super) struct Changes {
     pub credential_status: Vec<Option<&'static str>>,
 }
 
-/// A dead letter to record.
+/// A dead letter to record; built by [`DeadLetter::new`].
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
     pub source: String,
     pub reason: String,
     pub message_id: Option<String>,
+    /// Readable, redacted and bounded view of the message.
     pub payload: String,
+    /// The message byte-exact (a job's secrets removed).
+    pub raw: Vec<u8>,
+    /// Recording is idempotent on this key.
+    pub content_key: String,
 }
+
+/// The reason a job shows when its result arrived after an operator asked
+/// to cancel it: the card is encoded and keeps its credentials.
+pub const FINISHED_BEFORE_CANCEL: &str = "finished before the cancel reached it";
 
 /// The card's next state and the credentials' status after a final outcome.
 fn card_after(outcome: Outcome, card_unusable: bool) -> (CardState, &'static str) {
@@ -71,9 +82,11 @@ impl Store {
         on_backend!(self, s => s.apply_results(messages, actor).await)
     }
 
-    pub async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
+    /// Records dead letters once each (by content key) and returns the
+    /// sources of those not recorded before.
+    pub async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<Vec<String>> {
         if letters.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         on_backend!(self, s => s.record_dead_letters(letters).await)
     }
@@ -122,15 +135,21 @@ pub(super) fn fold_results(
                     Outcome::Failed => JobState::Failed,
                     Outcome::Cancelled => JobState::Cancelled,
                 };
-                let reason = r
-                    .failure
-                    .as_ref()
-                    .map(|f| format!("{}: {}", f.code, f.message));
+                let reason = match (&r.failure, r.outcome) {
+                    (Some(f), _) => Some(format!("{}: {}", f.code, f.message)),
+                    (None, Outcome::Succeeded) if job.cancel_requested => {
+                        Some(FINISHED_BEFORE_CANCEL.to_owned())
+                    }
+                    (None, _) => None,
+                };
                 let steps = serde_json::to_value(&r.steps).ok();
-                let detail = serde_json::json!({
+                let mut detail = serde_json::json!({
                     "rack_id": r.rack_id, "slot": r.slot, "worker_id": r.worker_id,
                     "failure_code": r.failure.as_ref().map(|f| f.code.clone()),
                 });
+                if job.cancel_requested {
+                    detail["cancel_requested"] = true.into();
+                }
                 (to, reason, steps, Some(card), Some(creds), detail)
             }
         };

@@ -27,6 +27,17 @@ const SLOT_STATES: [SlotState; 5] = [
 /// Outcomes of a finished card.
 const OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
+/// Failure reasons whose series exist from the start: every engine code
+/// plus `other` (what [`code_label`] makes of anything else). Codes the
+/// runtime adds (e.g. sealed secrets it cannot open) appear when first
+/// counted.
+fn failure_reasons() -> impl Iterator<Item = &'static str> {
+    crate::engine::FailureCode::ALL
+        .iter()
+        .map(|c| c.as_str())
+        .chain(["other"])
+}
+
 /// The label of a slot state.
 pub fn slot_state_label(state: SlotState) -> &'static str {
     match state {
@@ -255,6 +266,9 @@ impl WorkerMetrics {
         for class in STATUS_CLASSES {
             let _ = self.status_words.with_label_values(&[rack, class]);
         }
+        for reason in failure_reasons() {
+            let _ = self.failures.with_label_values(&[rack, reason]);
+        }
         let _ = self.quarantines.with_label_values(&[rack]);
         let _ = self.cards_retried.with_label_values(&[rack]);
         let _ = self.in_flight.with_label_values(&[rack]);
@@ -270,6 +284,9 @@ impl WorkerMetrics {
                     let slot = slot.to_string();
                     for outcome in OUTCOMES {
                         let _ = self.slot_cards.with_label_values(&[rack, &slot, outcome]);
+                    }
+                    for reason in failure_reasons() {
+                        let _ = self.slot_failures.with_label_values(&[rack, &slot, reason]);
                     }
                     states
                         .iter()
@@ -333,6 +350,9 @@ mod tests {
             "cardfleet_worker_quarantines_total{rack=\"r\"} 0",
             "cardfleet_worker_cards_total{outcome=\"failed\",rack=\"r\"} 0",
             "cardfleet_worker_slot_cards_total{outcome=\"failed\",rack=\"r\",slot=\"2\"} 0",
+            "cardfleet_worker_card_failures_total{rack=\"r\",reason=\"verification_failed\"} 0",
+            "cardfleet_worker_card_failures_total{rack=\"r\",reason=\"other\"} 0",
+            "cardfleet_worker_slot_failures_total{rack=\"r\",reason=\"card_removed\",slot=\"0\"} 0",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }

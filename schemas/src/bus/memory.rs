@@ -186,10 +186,9 @@ impl MemoryBus {
             };
             state.declare_exchange(name, kind);
         }
-        for (queue, exchange, key) in crate::amqp::QUEUES {
-            let dlx = (*queue != crate::DEAD_QUEUE).then_some(crate::DEAD_EXCHANGE);
-            state.declare_queue(queue, dlx, None);
-            state.bind(queue, exchange, key);
+        for q in crate::amqp::QUEUES {
+            state.declare_queue(q.name, q.dead_letter_exchange, q.delivery_limit);
+            state.bind(q.name, q.exchange, q.routing_key);
         }
         Ok(())
     }

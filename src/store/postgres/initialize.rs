@@ -120,6 +120,19 @@ impl PgStore {
         if !batch_exists {
             return Err(StoreError::NotFound);
         }
+        // One lock order for every transaction that touches both: outbox
+        // rows first, then jobs, as the dispatcher's claim takes them. A
+        // claim being published holds its outbox rows; this waits for it
+        // and then sees its jobs dispatched.
+        sqlx::query(
+            "SELECT o.id FROM outbox o JOIN jobs j ON j.id = o.job_id
+             WHERE j.batch_id = $1 AND ($2::uuid IS NULL OR j.card_id = $2)
+             ORDER BY o.id FOR UPDATE OF o",
+        )
+        .bind(batch_id)
+        .bind(card_id)
+        .execute(&mut *tx)
+        .await?;
         let rows: Vec<(Uuid, Uuid, String)> = sqlx::query_as(
             "SELECT id, card_id, state FROM jobs
              WHERE batch_id = $1 AND ($2::uuid IS NULL OR card_id = $2)
@@ -159,6 +172,15 @@ impl PgStore {
                 .bind(cancelled)
                 .execute(&mut *tx)
                 .await?;
+        }
+        if !plan.outcome.stopping.is_empty() {
+            sqlx::query(
+                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, now()), updated_at = now()
+                 WHERE id = ANY($1)",
+            )
+            .bind(&plan.outcome.stopping)
+            .execute(&mut *tx)
+            .await?;
         }
         if let Some(message) = &plan.message {
             sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")

@@ -21,7 +21,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let ids = result_job_ids(messages);
         let rows = sqlx::query(
-            "SELECT id, card_id, batch_id, state FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
+            "SELECT id, card_id, batch_id, state, cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs WHERE id = ANY($1) ORDER BY id FOR UPDATE",
         )
         .bind(&ids)
         .fetch_all(&mut *tx)
@@ -35,6 +35,7 @@ impl PgStore {
                     card_id: r.try_get("card_id")?,
                     batch_id: r.try_get("batch_id")?,
                     state: JobState::parse(&state).unwrap_or(JobState::Failed),
+                    cancel_requested: r.try_get("cancel_requested")?,
                 },
             );
         }
@@ -80,22 +81,31 @@ impl PgStore {
         Ok(outcomes)
     }
 
-    pub(in crate::store) async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
+    pub(in crate::store) async fn record_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+    ) -> Result<Vec<String>> {
         let source: Vec<&str> = letters.iter().map(|l| l.source.as_str()).collect();
         let reason: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
         let message_id: Vec<Option<&str>> =
             letters.iter().map(|l| l.message_id.as_deref()).collect();
         let payload: Vec<&str> = letters.iter().map(|l| l.payload.as_str()).collect();
-        sqlx::query(
-            "INSERT INTO dead_letters (source, reason, message_id, payload)
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[])",
+        let raw: Vec<&[u8]> = letters.iter().map(|l| l.raw.as_slice()).collect();
+        let key: Vec<&str> = letters.iter().map(|l| l.content_key.as_str()).collect();
+        let inserted = sqlx::query_scalar(
+            "INSERT INTO dead_letters (source, reason, message_id, payload, raw, content_key)
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::bytea[], $6::text[])
+             ON CONFLICT (content_key) DO NOTHING
+             RETURNING source",
         )
         .bind(&source)
         .bind(&reason)
         .bind(&message_id)
         .bind(&payload)
-        .execute(&self.pool)
+        .bind(&raw)
+        .bind(&key)
+        .fetch_all(&self.pool)
         .await?;
-        Ok(())
+        Ok(inserted)
     }
 }

@@ -169,6 +169,18 @@ impl SqliteStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if !plan.outcome.stopping.is_empty() {
+            sqlx::query(concat!(
+                "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ",
+                now!(),
+                "), updated_at = ",
+                now!(),
+                " WHERE id IN (SELECT value FROM json_each($1))"
+            ))
+            .bind(json_list(&plan.outcome.stopping))
+            .execute(&mut *tx)
+            .await?;
+        }
         if let Some(message) = &plan.message {
             sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
                 .bind(sqlx::types::Json(message))

@@ -21,7 +21,7 @@ impl SqliteStore {
         let ids = result_job_ids(messages);
         let mut tx = self.write().await?;
         let rows = sqlx::query(
-            "SELECT id, card_id, batch_id, state FROM jobs
+            "SELECT id, card_id, batch_id, state, cancel_requested_at IS NOT NULL AS cancel_requested FROM jobs
              WHERE id IN (SELECT value FROM json_each($1)) ORDER BY id",
         )
         .bind(json_list(&ids))
@@ -36,6 +36,7 @@ impl SqliteStore {
                     card_id: r.uuid("card_id")?,
                     batch_id: r.uuid("batch_id")?,
                     state: JobState::parse(&state).unwrap_or(JobState::Failed),
+                    cancel_requested: r.try_get("cancel_requested")?,
                 },
             );
         }
@@ -93,20 +94,31 @@ impl SqliteStore {
         Ok(outcomes)
     }
 
-    pub(in crate::store) async fn record_dead_letters(&self, letters: &[DeadLetter]) -> Result<()> {
-        let rows: Vec<_> = letters
-            .iter()
-            .map(|l| (&l.source, &l.reason, &l.message_id, &l.payload))
-            .collect();
+    pub(in crate::store) async fn record_dead_letters(
+        &self,
+        letters: &[DeadLetter],
+    ) -> Result<Vec<String>> {
+        let mut inserted = Vec::new();
         let mut tx = self.write().await?;
-        sqlx::query(
-            "INSERT INTO dead_letters (source, reason, message_id, payload)
-             SELECT value->>0, value->>1, value->>2, value->>3 FROM json_each($1) ORDER BY key",
-        )
-        .bind(json_list(&rows))
-        .execute(&mut *tx)
-        .await?;
+        for l in letters {
+            let done = sqlx::query(
+                "INSERT INTO dead_letters (source, reason, message_id, payload, raw, content_key)
+                 VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (content_key) DO NOTHING",
+            )
+            .bind(&l.source)
+            .bind(&l.reason)
+            .bind(&l.message_id)
+            .bind(&l.payload)
+            .bind(&l.raw)
+            .bind(&l.content_key)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                inserted.push(l.source.clone());
+            }
+        }
         tx.commit().await?;
-        Ok(())
+        Ok(inserted)
     }
 }

@@ -66,6 +66,34 @@ pub enum FailureCode {
 }
 
 impl FailureCode {
+    /// Every code, so metrics can show a zero for each before the first failure.
+    pub const ALL: [FailureCode; 24] = [
+        Self::InvalidRequest,
+        Self::CardRemoved,
+        Self::CardReset,
+        Self::CardMute,
+        Self::ReaderError,
+        Self::NotPiv,
+        Self::ChipSerialUnavailable,
+        Self::ChipSerialMismatch,
+        Self::AlreadyInitialized,
+        Self::JournalUnreadable,
+        Self::JournalUnsupported,
+        Self::PinBlocked,
+        Self::PukBlocked,
+        Self::PinStateUnknown,
+        Self::ManagementKeyUnknown,
+        Self::TransportPinRejected,
+        Self::TransportPukRejected,
+        Self::PinFormatUnsupported,
+        Self::PukFormatUnsupported,
+        Self::UnsupportedStep,
+        Self::VerificationFailed,
+        Self::UnexpectedStatus,
+        Self::MalformedResponse,
+        Self::Cancelled,
+    ];
+
     /// The code as it appears in `Failure.code`.
     pub fn as_str(self) -> &'static str {
         match self {

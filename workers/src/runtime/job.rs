@@ -35,6 +35,8 @@ pub(super) async fn handle(
 enum Verdict {
     Ack,
     Requeue,
+    /// Refused for good: the broker dead-letters it.
+    Reject,
 }
 
 async fn process(
@@ -50,6 +52,9 @@ async fn process(
         }
         Verdict::Requeue => {
             delivery.requeue().await?;
+        }
+        Verdict::Reject => {
+            delivery.reject().await?;
         }
     }
     Ok(())
@@ -89,8 +94,7 @@ async fn run_job(
     let job = match decode(delivery.data()) {
         Ok(job) => job,
         Err(reason) => {
-            dead_letter(publisher, delivery, &config.rack_id, &reason).await?;
-            return Ok(Verdict::Ack);
+            return Ok(dead_letter(publisher, delivery, &config.rack_id, &reason).await);
         }
     };
     let span = tracing::info_span!("job", job.id = %job.job_id, batch.id = %job.batch_id, rack.id = %config.rack_id);
@@ -108,14 +112,13 @@ async fn run_decoded(
 ) -> anyhow::Result<Verdict> {
     let config = &shared.config;
     if job.rack_id != config.rack_id {
-        dead_letter(
+        return Ok(dead_letter(
             publisher,
             delivery,
             &config.rack_id,
             "job is for another rack",
         )
-        .await?;
-        return Ok(Verdict::Ack);
+        .await);
     }
     let first_time = shared
         .taken
@@ -136,14 +139,13 @@ async fn run_decoded(
             // ever open it, so it goes to the dead letters (whose ledger
             // returns the card to produced) and the card is not touched.
             tracing::error!(error = %e, "job secrets cannot be opened with this rack's key");
-            dead_letter(
+            return Ok(dead_letter(
                 publisher,
                 delivery,
                 &config.rack_id,
                 &format!("{SECRETS_UNOPENABLE}: {e}"),
             )
-            .await?;
-            return Ok(Verdict::Ack);
+            .await);
         }
     };
     if is_cancelled(shared, &job) {
@@ -465,20 +467,31 @@ async fn confirmed(confirm: Confirm) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Publishes the message to the dead letters with a reason and acks it;
+/// when that fails, rejects it so the broker dead-letters it instead. A
+/// message that cannot be taken is never held: it would keep a slot of
+/// the prefetch window, and enough of them would stop the consumer.
 async fn dead_letter(
     publisher: &Publisher,
     delivery: &Delivery,
     rack: &str,
     reason: &str,
-) -> anyhow::Result<()> {
+) -> Verdict {
     tracing::warn!(%reason, "dead-lettering a job message");
     let message_id = delivery.message_id();
     let props = Props::dead_letter(message_id.as_deref(), &wire::rack_queue(rack), reason);
-    if !publisher
+    match publisher
         .publish_confirmed(wire::DEAD_EXCHANGE, "", delivery.data(), &props)
-        .await?
+        .await
     {
-        anyhow::bail!("broker did not confirm a dead letter");
+        Ok(true) => Verdict::Ack,
+        Ok(false) => {
+            tracing::warn!("the broker did not confirm a dead letter; rejecting the message");
+            Verdict::Reject
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot publish a dead letter; rejecting the message");
+            Verdict::Reject
+        }
     }
-    Ok(())
 }
