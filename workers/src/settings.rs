@@ -57,6 +57,11 @@ pub struct WorkerSection {
     /// The control plane's API (e.g. `http://cp:8080`), for enrolling the
     /// rack key at start when it is not enrolled yet.
     pub api_url: Option<String>,
+    /// Directory of the worker's own encoding journals, one file per chip, for cards that
+    /// refuse the journal data object `5FFF10` (many non-YubiKey PIV cards). Must survive
+    /// restarts (not a tmpfs). Unset: such cards fail with `journal_unsupported` on a PC/SC
+    /// rack; a simulated rack keeps them in memory.
+    pub journal_dir: Option<PathBuf>,
     /// One-time enrollment token from `cardfleet racks enroll-token RACK_ID`;
     /// used with `api_url` at start, then no longer needed.
     pub enrollment_token: Option<EnrollmentToken>,

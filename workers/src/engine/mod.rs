@@ -65,6 +65,7 @@ mod error;
 pub mod faults;
 mod identity;
 pub mod journal;
+pub mod keeper;
 mod mgmt;
 mod object_steps;
 pub mod objects;
@@ -83,6 +84,7 @@ use uuid::Uuid;
 pub use error::{EngineError, FailureCode};
 pub use faults::{FaultPlan, FaultyTransport, PowerCycle, Pull, PullAt};
 pub use journal::{JOURNAL_TAG, Journal};
+pub use keeper::{DirJournalKeeper, JournalKeeper, KeeperError, MemoryJournalKeeper};
 
 /// Runs the profile's steps for one job on the card in the slot and reports every step.
 /// Never panics on card input; a failure is in the report, with whether another attempt
@@ -150,6 +152,9 @@ pub struct EncodeRequest<'a> {
     pub chip_serial: &'a str,
     pub profile: &'a CardProfile,
     pub secrets: &'a CardSecrets,
+    /// Where the journal goes when the card refuses vendor data objects; without one, such
+    /// a card fails at its first write with `journal_unsupported`.
+    pub journal_keeper: Option<&'a dyn JournalKeeper>,
 }
 
 /// The engine's verdict on one attempt.

@@ -128,9 +128,7 @@ impl Runner<'_, '_> {
         match credentials::verify_pin(&mut self.session, &pin)? {
             Check::Accepted => {}
             Check::Wrong { retries } => {
-                return Err(failed(format!(
-                    "the new PIN does not verify ({retries} tries left)"
-                )));
+                return Err(failed(format!("the new PIN does not verify ({retries})")));
             }
             Check::Blocked => {
                 return Err(EngineError::refused(

@@ -337,6 +337,7 @@ async fn encode_in_slot(
             profile: job.profile.clone(),
             secrets: secrets.clone(),
             cancelled: cancelled.clone(),
+            journal_keeper: shared.config.journal_keeper.clone(),
         }),
         reply,
     };
