@@ -72,6 +72,8 @@ pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<
                 )
             })?;
         let mut card = SimCard::new(serial);
+        card.options.vendor_objects = settings.simulated.vendor_objects;
+        card.options.extensions = settings.simulated.extensions;
         card.faults = draw_faults(&mut rng, settings);
         cards.push(card);
     }

@@ -124,6 +124,11 @@ pub struct SimulatedSection {
     /// Directory keeping each simulated chip's state, so cards survive a
     /// worker restart; unset keeps them in memory only.
     pub state_dir: Option<PathBuf>,
+    /// Whether simulated cards keep vendor data objects (the journal `5FFF10`); `false`
+    /// makes strict cards that answer `6A80`, so the journal lives on the worker.
+    pub vendor_objects: bool,
+    /// Whether simulated cards have the YubiKey-compatible extensions.
+    pub extensions: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -181,6 +186,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("simulated.removal_rate", "0"),
     ("simulated.mute_rate", "0"),
     ("simulated.reinsert_ms", "200"),
+    ("simulated.vendor_objects", "true"),
+    ("simulated.extensions", "true"),
     ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
     ("amqp.delivery_limit", "5"),
     ("amqp.reconnect_max_seconds", "10"),

@@ -5,6 +5,7 @@
 mod faults;
 mod flows;
 mod identity;
+mod matrix;
 mod strict_cards;
 mod units;
 mod variants;
