@@ -69,6 +69,7 @@ pub mod keeper;
 mod mgmt;
 mod object_steps;
 pub mod objects;
+pub mod public_keys;
 mod runner;
 mod session;
 mod steps;
@@ -78,7 +79,9 @@ mod virtual_card;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-use cardfleet_schemas::{CardProfile, CardSecrets, Failure, Outcome, StepReport};
+use cardfleet_schemas::{
+    CardProfile, CardSecrets, Failure, GeneratedPublicKey, Outcome, StepReport,
+};
 use uuid::Uuid;
 
 pub use error::{EngineError, FailureCode};
@@ -165,4 +168,7 @@ pub struct EncodeReport {
     /// Whether trying again (after the card is back, after a delay) may succeed.
     pub retryable: bool,
     pub steps: Vec<StepReport>,
+    /// The public key of every key pair the card holds for the profile (see
+    /// [`public_keys`]), also on a failed or resumed attempt.
+    pub public_keys: Vec<GeneratedPublicKey>,
 }

@@ -123,6 +123,8 @@ pub(crate) struct Runner<'r, 'c> {
     /// Whether the CHUID and CCC of this job are on the card.
     pub chuid_in_effect: bool,
     pub ccc_in_effect: bool,
+    /// Public keys of the key pairs generated (or found) in this attempt.
+    pub public_keys: Vec<cardfleet_schemas::GeneratedPublicKey>,
 }
 
 impl<'r, 'c> Runner<'r, 'c> {
@@ -156,10 +158,13 @@ impl<'r, 'c> Runner<'r, 'c> {
             new_key_on_card: false,
             chuid_in_effect: false,
             ccc_in_effect: false,
+            public_keys: Vec::new(),
         };
         let result = runner.run();
         let apdus = runner.session.apdus();
-        report(result, runner.steps, apdus)
+        let mut report = report(result, runner.steps, apdus);
+        report.public_keys = runner.public_keys;
+        report
     }
 
     fn run(&mut self) -> Result<(), EngineError> {
@@ -360,6 +365,7 @@ fn report(result: Result<(), EngineError>, steps: Vec<StepReport>, apdus: usize)
                 failure: None,
                 retryable: false,
                 steps,
+                public_keys: Vec::new(),
             }
         }
         Err(error) => {
@@ -380,6 +386,7 @@ fn report(result: Result<(), EngineError>, steps: Vec<StepReport>, apdus: usize)
                 }),
                 retryable: error.retryable(),
                 steps,
+                public_keys: Vec::new(),
             }
         }
     }

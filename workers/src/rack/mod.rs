@@ -85,6 +85,7 @@ pub fn card_absent() -> EncodeReport {
         }),
         retryable: true,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 

@@ -367,6 +367,7 @@ fn failure(code: &str, message: &str, retryable: bool) -> EncodeReport {
         }),
         retryable,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 
@@ -376,6 +377,7 @@ fn cancelled() -> EncodeReport {
         failure: None,
         retryable: false,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 
@@ -431,6 +433,7 @@ async fn publish_result(
         attempts,
         started_at,
         finished_at: chrono::Utc::now(),
+        public_keys: report.public_keys,
     });
     publish(publisher, &message).await
 }

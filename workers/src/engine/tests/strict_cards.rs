@@ -298,3 +298,81 @@ fn a_numeric_ff_padded_card_without_extensions_or_vendor_objects_is_encoded() {
     assert_eq!(change_puk(&mut card, NEW_PUK, NEW_PUK), 0x9000);
     assert_counters_full(&card);
 }
+
+/// Signs `hash` with the key in `slot` (PIN verified first) and returns the DER signature.
+fn card_signs(card: &mut VirtualPivCard, slot: u8, hash: &[u8; 32]) -> Vec<u8> {
+    assert_eq!(verify_pin(card, NEW_PIN), 0x9000);
+    let mut inner = vec![0x82, 0x00, 0x81, 0x20];
+    inner.extend_from_slice(hash);
+    let mut apdu = vec![
+        0x00,
+        0x87,
+        0x11,
+        slot,
+        (inner.len() + 2) as u8,
+        0x7C,
+        inner.len() as u8,
+    ];
+    apdu.extend(inner);
+    apdu.push(0x00);
+    let (data, sw) = send(card, &apdu);
+    assert_eq!(sw, 0x9000, "sign with {slot:02X}");
+    let body = tlv::parse_single(&data, Tag::new(0x7C)).unwrap();
+    tlv::find(body, Tag::new(0x82)).unwrap().unwrap().to_vec()
+}
+
+fn assert_keys_verify(card: &mut VirtualPivCard, job: &Job, report: &EncodeReport) {
+    use base64::Engine as _;
+    use p256::ecdsa::signature::hazmat::PrehashVerifier as _;
+    use p256::pkcs8::DecodePublicKey as _;
+
+    let slots: Vec<String> = report.public_keys.iter().map(|k| k.slot.clone()).collect();
+    let wanted: Vec<String> = job
+        .profile
+        .keys
+        .iter()
+        .map(|k| format!("{:02x}", k.slot.id()))
+        .collect();
+    assert_eq!(slots, wanted, "{:?}", report.public_keys);
+    for key in &report.public_keys {
+        assert_eq!(key.algorithm, "p256");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(&key.spki_der_base64)
+            .unwrap();
+        let verifier = p256::ecdsa::VerifyingKey::from_public_key_der(&der).unwrap();
+        let slot = u8::from_str_radix(&key.slot, 16).unwrap();
+        let hash = [0x42; 32];
+        let signature = p256::ecdsa::Signature::from_der(&card_signs(card, slot, &hash)).unwrap();
+        verifier.verify_prehash(&hash, &signature).unwrap();
+    }
+}
+
+#[test]
+fn the_result_carries_the_public_key_of_every_generated_key_pair() {
+    let (job, _) = with_memory_keeper(Job::new());
+    let mut card = factory_card();
+    let report = job.run(&mut card);
+    assert_succeeded(&report);
+    assert_keys_verify(&mut card, &job, &report);
+
+    // A redelivery generates nothing and shows the same keys through GET METADATA.
+    card.reset();
+    let again = job.run(&mut card);
+    assert_succeeded(&again);
+    assert_eq!(status(&again, "generate_key_9a"), StepStatus::AlreadyDone);
+    assert_eq!(again.public_keys, report.public_keys);
+
+    // A card without GET METADATA cannot show them again, and the step says so.
+    let (job, _) = with_memory_keeper(Job::new().lenient());
+    let mut card = card_with(|o| {
+        o.extensions = false;
+        o.vendor_objects = false;
+    });
+    let first = job.run(&mut card);
+    assert_keys_verify(&mut card, &job, &first);
+    card.reset();
+    let again = job.run(&mut card);
+    assert_succeeded(&again);
+    assert!(again.public_keys.is_empty());
+    assert!(detail(&again, "generate_key_9a").contains("cannot show the public key"));
+}
