@@ -143,6 +143,7 @@ async fn run(store: &Store, cards: usize, initialize: usize) {
                     attempts: 1,
                     started_at: chrono::Utc::now(),
                     finished_at: chrono::Utc::now(),
+                    public_keys: Vec::new(),
                 }),
             ]
         })

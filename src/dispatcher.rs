@@ -284,5 +284,6 @@ fn not_enrolled(job: &OutboxJob) -> ResultMessage {
         attempts: 0,
         started_at: now,
         finished_at: now,
+        public_keys: Vec::new(),
     })
 }

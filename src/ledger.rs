@@ -354,6 +354,7 @@ impl Ledger {
                     attempts: 0,
                     started_at: job.meta.sent_at,
                     finished_at: chrono::Utc::now(),
+                    public_keys: Vec::new(),
                 }));
             }
             letters.push(letter(delivery, &source, &reason));

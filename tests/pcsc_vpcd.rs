@@ -254,6 +254,7 @@ async fn vpcd_cards_going_in_and_out_become_pcsc_rack_events_with_stable_slots()
             management_key_algorithm: ManagementKeyAlgorithm::Aes192,
         },
         cancelled: Default::default(),
+        journal_keeper: None,
     };
     rack.slots[usize::from(slot)]
         .send(SlotCommand::Encode {

@@ -399,6 +399,7 @@ fn finished(
         attempts: 1,
         started_at: Utc::now(),
         finished_at: Utc::now(),
+        public_keys: Vec::new(),
     })
 }
 

@@ -147,6 +147,71 @@ async fn a_worker_killed_mid_batch_finishes_every_card_after_a_restart() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The same on strict cards that refuse the journal object (`6A80`): the journal lives in
+/// the worker's `journal_dir`, which survives the SIGKILL. Every chip ends with the PIN and
+/// PUK counters it started with: no try was spent finding out what the killed worker did.
+#[tokio::test]
+async fn a_worker_killed_mid_card_on_cards_without_a_journal_object_spends_no_try() {
+    const STRICT: u32 = 16;
+    let app = spawn_app().await;
+    let serials = 401..=(400 + STRICT);
+    import_serials(&app, serials.clone()).await;
+    app.enable().await;
+    let (dir, csv, state_dir) = card_files("strict-restart", serials.clone());
+    enrolled_key_file(&app.store, "rack-k", &dir).await;
+    let journals = dir.join("journals");
+    let journal_dir = journals.to_str().unwrap().to_owned();
+    let extra = [
+        ("CARDFLEET__SIMULATED__VENDOR_OBJECTS", "false"),
+        ("CARDFLEET__WORKER__JOURNAL_DIR", journal_dir.as_str()),
+    ];
+
+    let mut worker = spawn_worker_with(&app.vhost.url(), &csv, &state_dir, &extra);
+    let batch = app.submit_all(STRICT as usize).await;
+    eventually(Duration::from_secs(120), "some cards done", || async {
+        count(&app, "succeeded").await >= 2
+    })
+    .await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    let at_kill = count(&app, "succeeded").await;
+    let journaled = std::fs::read_dir(&journals).map_or(0, |d| d.count());
+    println!("worker killed with {at_kill} of {STRICT} cards done, {journaled} chips journaled");
+    assert!(
+        at_kill < i64::from(STRICT),
+        "the kill came too late to test anything"
+    );
+
+    let mut worker = spawn_worker_with(&app.vhost.url(), &csv, &state_dir, &extra);
+    let status = wait_finished(&app, &batch, Duration::from_secs(300)).await;
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert_eq!(status["counts"]["succeeded"], STRICT, "{status}");
+
+    for s in serials {
+        let mut chip = chip_on_disk(&state_dir, s);
+        assert!(
+            chip.state()
+                .object(cardfleet_worker::engine::JOURNAL_TAG)
+                .is_none(),
+            "chip {s} holds a journal object"
+        );
+        let (pin, puk) = (chip.state().pin_retries(), chip.state().puk_retries());
+        assert_eq!(pin.remaining, pin.limit, "PIN tries spent on chip {s}");
+        assert_eq!(puk.remaining, puk.limit, "PUK tries spent on chip {s}");
+        let stored = stored_pin(&app, &s.to_string()).await;
+        assert!(
+            verify_pin(&mut chip, &stored),
+            "stored PIN does not verify on chip {s}"
+        );
+        assert!(
+            std::fs::metadata(journals.join(format!("{s}.journal"))).is_ok(),
+            "no worker journal for chip {s}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 fn sigterm(child: &Child) {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -198,6 +198,21 @@ pub struct EncodeResult {
     pub attempts: u32,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
+    /// The public part of each key pair the card holds for the profile, for certificate
+    /// issuance; absent for keys the card generated but cannot show again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub public_keys: Vec<GeneratedPublicKey>,
+}
+
+/// The public key of a key pair generated on the card.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct GeneratedPublicKey {
+    /// PIV key slot: `9a`, `9c`, `9d` or `9e`.
+    pub slot: String,
+    /// `p256`, `p384` or `rsa2048`.
+    pub algorithm: String,
+    /// SubjectPublicKeyInfo (RFC 5280), DER, in standard base64.
+    pub spki_der_base64: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

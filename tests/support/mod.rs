@@ -524,5 +524,6 @@ pub fn result_for(job: &wire::InitializeJob, outcome: wire::Outcome) -> wire::Re
         attempts: 1,
         started_at: chrono::Utc::now(),
         finished_at: chrono::Utc::now(),
+        public_keys: Vec::new(),
     })
 }

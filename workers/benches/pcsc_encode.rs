@@ -149,6 +149,7 @@ fn run_engine(serial: u32, card: &mut dyn CardTransport, record: bool) -> anyhow
         chip_serial: &chip_serial,
         profile: &profile,
         secrets: &secrets,
+        journal_keeper: None,
     };
     let mut recording = Recording {
         inner: card,

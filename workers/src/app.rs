@@ -34,6 +34,20 @@ pub fn runtime_config(settings: &WorkerSettings, rack_key: Arc<RackSecretKey>) -
         shutdown_grace: Duration::from_secs(settings.worker.shutdown_grace_seconds),
         heartbeat_interval: Duration::from_secs(settings.worker.heartbeat_interval_seconds.max(1)),
         reconnect_max: Duration::from_secs(settings.amqp.reconnect_max_seconds.max(1)),
+        journal_keeper: journal_keeper(settings),
+    }
+}
+
+/// The worker's journal for cards that keep none: files in `worker.journal_dir`; without
+/// it, a simulated rack keeps journals in memory (its cards live no longer than the
+/// process) and a PC/SC rack keeps none, so such cards fail with `journal_unsupported`.
+pub fn journal_keeper(settings: &WorkerSettings) -> Option<Arc<dyn crate::engine::JournalKeeper>> {
+    match (&settings.worker.journal_dir, &settings.reader.kind) {
+        (Some(dir), _) => Some(Arc::new(crate::engine::DirJournalKeeper::new(dir))),
+        (None, ReaderKind::Simulated) => {
+            Some(Arc::new(crate::engine::MemoryJournalKeeper::default()))
+        }
+        (None, _) => None,
     }
 }
 
@@ -58,6 +72,8 @@ pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<
                 )
             })?;
         let mut card = SimCard::new(serial);
+        card.options.vendor_objects = settings.simulated.vendor_objects;
+        card.options.extensions = settings.simulated.extensions;
         card.faults = draw_faults(&mut rng, settings);
         cards.push(card);
     }

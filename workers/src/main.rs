@@ -111,6 +111,18 @@ struct VirtualCardArgs {
     /// Accept only digits in PINs and PUKs.
     #[arg(long)]
     numeric_pins_only: bool,
+    /// Refuse vendor data objects (`5FFFxx`) with `6A80`, like strict SP 800-73-4 cards.
+    #[arg(long)]
+    no_vendor_objects: bool,
+    /// Answer PIV commands without a prior SELECT.
+    #[arg(long)]
+    implicit_selection: bool,
+    /// Refuse SELECT with P2 = `0C` (`6A86`).
+    #[arg(long)]
+    refuse_select_p2_0c: bool,
+    /// Answer a wrong PUK with a bare `6300` instead of `63Cx`.
+    #[arg(long)]
+    puk_6300: bool,
     /// Management key algorithms the card accepts; the factory key is 3DES when listed,
     /// else the first one.
     #[arg(
@@ -129,6 +141,10 @@ impl VirtualCardArgs {
             chip_serial: self.chip_serial,
             extensions: !self.no_extensions,
             numeric_pins_only: self.numeric_pins_only,
+            vendor_objects: !self.no_vendor_objects,
+            implicit_selection: self.implicit_selection,
+            select_without_response: !self.refuse_select_p2_0c,
+            puk_reports_tries: !self.puk_6300,
             mgmt_key_algorithms: self.mgmt_key_algs,
             max_backoff: Duration::from_secs(2),
             ..VirtualCardConfig::new(self.vpcd)
@@ -244,6 +260,8 @@ mod tests {
             "/tmp/card",
             "--no-extensions",
             "--numeric-pins-only",
+            "--no-vendor-objects",
+            "--puk-6300",
             "--mgmt-key-algs",
             "aes128,aes256",
         ])
@@ -256,6 +274,8 @@ mod tests {
         assert_eq!(config.chip_serial, Some(0x00C0_FFEE));
         assert_eq!(config.state_dir, Some(PathBuf::from("/tmp/card")));
         assert!(!config.extensions && config.numeric_pins_only);
+        assert!(!config.vendor_objects && !config.puk_reports_tries);
+        assert!(config.select_without_response && !config.implicit_selection);
         assert_eq!(
             config.mgmt_key_algorithms,
             [MgmtKeyAlgorithm::Aes128, MgmtKeyAlgorithm::Aes256]

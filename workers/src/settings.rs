@@ -57,6 +57,11 @@ pub struct WorkerSection {
     /// The control plane's API (e.g. `http://cp:8080`), for enrolling the
     /// rack key at start when it is not enrolled yet.
     pub api_url: Option<String>,
+    /// Directory of the worker's own encoding journals, one file per chip, for cards that
+    /// refuse the journal data object `5FFF10` (many non-YubiKey PIV cards). Must survive
+    /// restarts (not a tmpfs). Unset: such cards fail with `journal_unsupported` on a PC/SC
+    /// rack; a simulated rack keeps them in memory.
+    pub journal_dir: Option<PathBuf>,
     /// One-time enrollment token from `cardfleet racks enroll-token RACK_ID`;
     /// used with `api_url` at start, then no longer needed.
     pub enrollment_token: Option<EnrollmentToken>,
@@ -119,6 +124,11 @@ pub struct SimulatedSection {
     /// Directory keeping each simulated chip's state, so cards survive a
     /// worker restart; unset keeps them in memory only.
     pub state_dir: Option<PathBuf>,
+    /// Whether simulated cards keep vendor data objects (the journal `5FFF10`); `false`
+    /// makes strict cards that answer `6A80`, so the journal lives on the worker.
+    pub vendor_objects: bool,
+    /// Whether simulated cards have the YubiKey-compatible extensions.
+    pub extensions: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,6 +186,8 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("simulated.removal_rate", "0"),
     ("simulated.mute_rate", "0"),
     ("simulated.reinsert_ms", "200"),
+    ("simulated.vendor_objects", "true"),
+    ("simulated.extensions", "true"),
     ("amqp.url", "amqp://guest:guest@127.0.0.1:5672/%2f"),
     ("amqp.delivery_limit", "5"),
     ("amqp.reconnect_max_seconds", "10"),

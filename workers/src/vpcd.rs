@@ -59,6 +59,14 @@ pub struct VirtualCardConfig {
     pub extensions: bool,
     /// Whether PINs and PUKs must be digits.
     pub numeric_pins_only: bool,
+    /// See [`CardOptions::vendor_objects`].
+    pub vendor_objects: bool,
+    /// See [`CardOptions::implicit_selection`].
+    pub implicit_selection: bool,
+    /// See [`CardOptions::select_without_response`].
+    pub select_without_response: bool,
+    /// See [`CardOptions::puk_reports_tries`].
+    pub puk_reports_tries: bool,
     /// Allowed management key algorithms; the factory key uses 3DES when allowed, else the
     /// first one listed.
     pub mgmt_key_algorithms: Vec<MgmtKeyAlgorithm>,
@@ -76,6 +84,10 @@ impl VirtualCardConfig {
             chip_serial: None,
             extensions: defaults.extensions,
             numeric_pins_only: defaults.numeric_pins_only,
+            vendor_objects: defaults.vendor_objects,
+            implicit_selection: defaults.implicit_selection,
+            select_without_response: defaults.select_without_response,
+            puk_reports_tries: defaults.puk_reports_tries,
             mgmt_key_algorithms: defaults.mgmt_key_algorithms,
             max_backoff: Duration::from_secs(2),
         }
@@ -98,6 +110,10 @@ impl VirtualCardConfig {
             chip_serial,
             extensions: self.extensions,
             numeric_pins_only: self.numeric_pins_only,
+            vendor_objects: self.vendor_objects,
+            implicit_selection: self.implicit_selection,
+            select_without_response: self.select_without_response,
+            puk_reports_tries: self.puk_reports_tries,
             mgmt_key_algorithms: self.mgmt_key_algorithms.clone(),
             initial_mgmt_key_algorithm: initial,
             ..CardOptions::default()

@@ -95,7 +95,10 @@ pub(crate) fn counter(
 }
 
 /// GET METADATA (`F7`) for a key reference; `None` when the card does not answer it.
-fn metadata(session: &mut Session<'_>, reference: u8) -> Result<Option<Vec<u8>>, EngineError> {
+pub(crate) fn metadata(
+    session: &mut Session<'_>,
+    reference: u8,
+) -> Result<Option<Vec<u8>>, EngineError> {
     const NAME: &str = "GET METADATA";
     let response = session.transmit(
         NAME,

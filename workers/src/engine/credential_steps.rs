@@ -35,10 +35,11 @@ impl Runner<'_, '_> {
         if !self.caps.extensions {
             return unsupported(SET_RETRIES, policy.requirement, extension_missing);
         }
-        if self
-            .journal
-            .as_ref()
-            .is_some_and(|j| j.pin_or_puk_touched())
+        if self.unjournaled_resume
+            || self
+                .journal
+                .as_ref()
+                .is_some_and(|j| j.pin_or_puk_touched())
         {
             return unsupported(
                 SET_RETRIES,
@@ -53,7 +54,7 @@ impl Runner<'_, '_> {
             Check::Wrong { retries } => {
                 return Err(EngineError::refused(
                     FailureCode::TransportPinRejected,
-                    format!("the card rejects the transport PIN ({retries} tries left)"),
+                    format!("the card rejects the transport PIN ({retries})"),
                 ));
             }
             Check::Blocked => {
@@ -168,7 +169,7 @@ impl Runner<'_, '_> {
             return Ok(StepOutcome::AlreadyDone(None));
         }
         let mut detail = None;
-        if self.journal_intent(mark) {
+        if self.journal_intent(mark) || self.unjournaled_resume {
             if self.confirm_new(reference)? {
                 self.record(|j| j.finish(mark))?;
                 return Ok(StepOutcome::AlreadyDone(Some(
@@ -201,7 +202,7 @@ impl Runner<'_, '_> {
                         Reference::Puk => FailureCode::TransportPukRejected,
                     },
                     format!(
-                        "the card rejects the transport {} ({retries} tries left)",
+                        "the card rejects the transport {} ({retries})",
                         reference.label()
                     ),
                 ))
@@ -238,9 +239,11 @@ impl Runner<'_, '_> {
             Check::Accepted => Ok(true),
             Check::Wrong { retries } => {
                 match reference {
-                    Reference::Pin => self.pin_remaining = Some(retries),
+                    Reference::Pin => self.pin_remaining = retries.0.or(self.pin_remaining),
                     Reference::Puk => {
-                        if let Some(counter) = self.puk_counter.as_mut() {
+                        if let (Some(counter), Some(retries)) =
+                            (self.puk_counter.as_mut(), retries.0)
+                        {
                             counter.remaining = retries;
                         }
                     }

@@ -60,13 +60,27 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Tries left after a wrong value, when the card says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tries(pub Option<u8>);
+
+impl std::fmt::Display for Tries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n} tries left"),
+            None => f.write_str("tries left not reported"),
+        }
+    }
+}
+
 /// What the card said to a VERIFY or CHANGE REFERENCE DATA.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
     /// Accepted.
     Accepted,
-    /// The compared value was wrong; this many tries are left.
-    Wrong { retries: u8 },
+    /// The compared value was wrong; this many tries are left (unknown when the card
+    /// answers a bare `6300`, as some do for a wrong PUK).
+    Wrong { retries: Tries },
     /// The reference is blocked.
     Blocked,
     /// The card refused a value's format before comparing (`6A80`), which costs no try.
@@ -78,7 +92,12 @@ impl Check {
         match sw {
             StatusWord::Success => Ok(Self::Accepted),
             StatusWord::VerificationFailed { retries: 0 } => Ok(Self::Blocked),
-            StatusWord::VerificationFailed { retries } => Ok(Self::Wrong { retries }),
+            StatusWord::VerificationFailed { retries } => Ok(Self::Wrong {
+                retries: Tries(Some(retries)),
+            }),
+            StatusWord::Other(0x6300) => Ok(Self::Wrong {
+                retries: Tries(None),
+            }),
             StatusWord::AuthenticationMethodBlocked => Ok(Self::Blocked),
             StatusWord::IncorrectDataField => Ok(Self::FormatRefused),
             sw => Err(EngineError::status(name, sw)),

@@ -34,8 +34,10 @@ pub enum FailureCode {
     AlreadyInitialized,
     /// The journal object on the card cannot be parsed.
     JournalUnreadable,
-    /// The card refuses to store the journal object.
+    /// The card refuses to store the journal object and the worker keeps no journal.
     JournalUnsupported,
+    /// The worker's own journal (for cards that keep none) could not be read or written.
+    JournalStoreFailed,
     /// The PIN is blocked.
     PinBlocked,
     /// The PUK is blocked.
@@ -108,6 +110,7 @@ impl FailureCode {
             Self::AlreadyInitialized => "already_initialized",
             Self::JournalUnreadable => "journal_unreadable",
             Self::JournalUnsupported => "journal_unsupported",
+            Self::JournalStoreFailed => "journal_store_failed",
             Self::PinBlocked => "pin_blocked",
             Self::PukBlocked => "puk_blocked",
             Self::PinStateUnknown => "pin_state_unknown",
@@ -129,7 +132,7 @@ impl FailureCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            Self::CardRemoved | Self::CardReset | Self::ReaderError
+            Self::CardRemoved | Self::CardReset | Self::ReaderError | Self::JournalStoreFailed
         )
     }
 

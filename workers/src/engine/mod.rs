@@ -65,9 +65,11 @@ mod error;
 pub mod faults;
 mod identity;
 pub mod journal;
+pub mod keeper;
 mod mgmt;
 mod object_steps;
 pub mod objects;
+pub mod public_keys;
 mod runner;
 mod session;
 mod steps;
@@ -77,12 +79,15 @@ mod virtual_card;
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
-use cardfleet_schemas::{CardProfile, CardSecrets, Failure, Outcome, StepReport};
+use cardfleet_schemas::{
+    CardProfile, CardSecrets, Failure, GeneratedPublicKey, Outcome, StepReport,
+};
 use uuid::Uuid;
 
 pub use error::{EngineError, FailureCode};
 pub use faults::{FaultPlan, FaultyTransport, PowerCycle, Pull, PullAt};
 pub use journal::{JOURNAL_TAG, Journal};
+pub use keeper::{DirJournalKeeper, JournalKeeper, KeeperError, MemoryJournalKeeper};
 
 /// Runs the profile's steps for one job on the card in the slot and reports every step.
 /// Never panics on card input; a failure is in the report, with whether another attempt
@@ -150,6 +155,9 @@ pub struct EncodeRequest<'a> {
     pub chip_serial: &'a str,
     pub profile: &'a CardProfile,
     pub secrets: &'a CardSecrets,
+    /// Where the journal goes when the card refuses vendor data objects; without one, such
+    /// a card fails at its first write with `journal_unsupported`.
+    pub journal_keeper: Option<&'a dyn JournalKeeper>,
 }
 
 /// The engine's verdict on one attempt.
@@ -160,4 +168,7 @@ pub struct EncodeReport {
     /// Whether trying again (after the card is back, after a delay) may succeed.
     pub retryable: bool,
     pub steps: Vec<StepReport>,
+    /// The public key of every key pair the card holds for the profile (see
+    /// [`public_keys`]), also on a failed or resumed attempt.
+    pub public_keys: Vec<GeneratedPublicKey>,
 }

@@ -37,7 +37,15 @@ impl Runner<'_, '_> {
         let name = algorithm_name(spec.algorithm);
         let mark = Mark::Key(spec.slot);
         if self.journal_done(mark) {
-            return Ok(StepOutcome::AlreadyDone(Some(name.to_owned())));
+            // The card generated the key in an earlier attempt; GET METADATA shows it again
+            // where the card has it.
+            let shown = self.public_key_from_metadata(spec)?;
+            let detail = if shown {
+                name.to_owned()
+            } else {
+                format!("{name}; the card cannot show the public key again")
+            };
+            return Ok(StepOutcome::AlreadyDone(Some(detail)));
         }
         const NAME: &str = "GENERATE ASYMMETRIC KEY PAIR";
         let template = tlv::build(
@@ -54,8 +62,12 @@ impl Runner<'_, '_> {
         let response = self.session.transmit(NAME, apdu)?;
         match response.sw() {
             StatusWord::Success => {
-                tlv::parse_single(response.data(), tag::PUBLIC_KEY)
+                let objects = tlv::parse_single(response.data(), tag::PUBLIC_KEY)
                     .map_err(|e| EngineError::malformed(NAME, e))?;
+                let spki = super::public_keys::spki_der(spec.algorithm, objects)
+                    .map_err(|e| EngineError::malformed(NAME, e))?;
+                self.public_keys
+                    .push(super::public_keys::report(spec.slot, spec.algorithm, &spki));
             }
             sw if objects::is_capability_refusal(sw) => {
                 return unsupported(
@@ -71,6 +83,29 @@ impl Runner<'_, '_> {
         }
         self.record(|j| j.finish(mark))?;
         Ok(StepOutcome::Done(Some(name.to_owned())))
+    }
+
+    /// GET METADATA of a key slot (`04`: the public key objects) into the report; whether
+    /// the card showed it.
+    fn public_key_from_metadata(&mut self, spec: &KeySpec) -> Result<bool, EngineError> {
+        if !self.caps.metadata {
+            return Ok(false);
+        }
+        let Some(metadata) = super::capabilities::metadata(&mut self.session, spec.slot.id())?
+        else {
+            return Ok(false);
+        };
+        let Ok(Some(objects)) = tlv::find(&metadata, Tag::new(0x04)) else {
+            return Ok(false);
+        };
+        match super::public_keys::spki_der(spec.algorithm, objects) {
+            Ok(spki) => {
+                self.public_keys
+                    .push(super::public_keys::report(spec.slot, spec.algorithm, &spki));
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
     }
 
     /// PUT DATA CHUID with the GUID derived from the job id; already done when the card's
@@ -128,9 +163,7 @@ impl Runner<'_, '_> {
         match credentials::verify_pin(&mut self.session, &pin)? {
             Check::Accepted => {}
             Check::Wrong { retries } => {
-                return Err(failed(format!(
-                    "the new PIN does not verify ({retries} tries left)"
-                )));
+                return Err(failed(format!("the new PIN does not verify ({retries})")));
             }
             Check::Blocked => {
                 return Err(EngineError::refused(

@@ -37,6 +37,23 @@ pub(crate) fn get_data(
     }
 }
 
+/// GET DATA of one object, telling a card that refuses the tag itself (`6A80`, `6D00`, …:
+/// `Err(sw)`) apart from one that merely has no such object (`Ok(None)`).
+pub(crate) fn get_data_or_refusal(
+    session: &mut Session<'_>,
+    name: &'static str,
+    object: Tag,
+) -> Result<Result<Option<Vec<u8>>, StatusWord>, EngineError> {
+    let list = tlv::build(tag::TAG_LIST, &object.to_bytes());
+    let response = session.transmit(name, command(name, ins::GET_DATA, 0x3F, 0xFF, &list)?)?;
+    match response.sw() {
+        StatusWord::Success => Ok(Ok(Some(response.into_data()))),
+        StatusWord::NotFound => Ok(Ok(None)),
+        sw if is_capability_refusal(sw) => Ok(Err(sw)),
+        sw => Err(EngineError::status(name, sw)),
+    }
+}
+
 /// PUT DATA of one object given as its `53` encoding; returns the card's status word for
 /// the caller to judge (`9000`, or why the card refuses).
 pub(crate) fn put_data(

@@ -102,8 +102,15 @@ pub(crate) struct Runner<'r, 'c> {
     cancelled: &'r dyn Fn() -> bool,
     pub prepared: Prepared,
     steps: Vec<StepReport>,
-    /// This job's journal as it is on the card (`None`: the card has none of ours).
+    /// This job's journal as it is on the card or the worker (`None`: none of ours).
     pub journal: Option<Journal>,
+    /// Where the journal is written: the card, or the worker's keeper once the card
+    /// refused the journal object.
+    pub journal_on_worker: bool,
+    /// The per-card key authenticated but no journal of this job was found (the card keeps
+    /// none and another worker, or a lost disk, had it): PIN and PUK are in an unknown
+    /// state and are checked like an interrupted change.
+    pub unjournaled_resume: bool,
     pub caps: Capabilities,
     /// PIN tries left, when the card said.
     pub pin_remaining: Option<u8>,
@@ -116,6 +123,8 @@ pub(crate) struct Runner<'r, 'c> {
     /// Whether the CHUID and CCC of this job are on the card.
     pub chuid_in_effect: bool,
     pub ccc_in_effect: bool,
+    /// Public keys of the key pairs generated (or found) in this attempt.
+    pub public_keys: Vec<cardfleet_schemas::GeneratedPublicKey>,
 }
 
 impl<'r, 'c> Runner<'r, 'c> {
@@ -140,6 +149,8 @@ impl<'r, 'c> Runner<'r, 'c> {
             prepared,
             steps,
             journal: None,
+            journal_on_worker: false,
+            unjournaled_resume: false,
             caps: Capabilities::default(),
             pin_remaining: None,
             puk_counter: None,
@@ -147,10 +158,13 @@ impl<'r, 'c> Runner<'r, 'c> {
             new_key_on_card: false,
             chuid_in_effect: false,
             ccc_in_effect: false,
+            public_keys: Vec::new(),
         };
         let result = runner.run();
         let apdus = runner.session.apdus();
-        report(result, runner.steps, apdus)
+        let mut report = report(result, runner.steps, apdus);
+        report.public_keys = runner.public_keys;
+        report
     }
 
     fn run(&mut self) -> Result<(), EngineError> {
@@ -225,22 +239,61 @@ impl<'r, 'c> Runner<'r, 'c> {
         if self.journal.as_ref() == Some(&next) {
             return Ok(());
         }
+        if self.journal_on_worker {
+            self.keep(&next)?;
+            self.journal = Some(next);
+            return Ok(());
+        }
         const NAME: &str = "PUT DATA journal";
         match objects::put_data(&mut self.session, NAME, JOURNAL_TAG, &next.encode())? {
             StatusWord::Success => {
                 self.journal = Some(next);
                 Ok(())
             }
-            sw if objects::is_capability_refusal(sw) => Err(EngineError::refused(
-                FailureCode::JournalUnsupported,
-                format!("the card refuses the journal object {JOURNAL_TAG}: {sw}"),
-            )),
+            sw if objects::is_capability_refusal(sw) || sw == StatusWord::NotFound => {
+                if self.request.journal_keeper.is_none() {
+                    return Err(EngineError::refused(
+                        FailureCode::JournalUnsupported,
+                        format!(
+                            "the card refuses the journal object {JOURNAL_TAG} ({sw}) and the \
+                             worker keeps no journal (worker.journal_dir)"
+                        ),
+                    ));
+                }
+                tracing::debug!(%sw, "card refuses the journal object; journaling on the worker");
+                self.keep(&next)?;
+                self.journal_on_worker = true;
+                self.journal = Some(next);
+                Ok(())
+            }
             sw => Err(EngineError::status(NAME, sw)),
         }
     }
 
+    /// Writes the journal to the worker's keeper.
+    fn keep(&self, journal: &Journal) -> Result<(), EngineError> {
+        let keeper = self.request.journal_keeper.ok_or_else(|| {
+            EngineError::refused(
+                FailureCode::JournalUnsupported,
+                "the worker keeps no journal",
+            )
+        })?;
+        keeper
+            .store(self.request.chip_serial, &journal.encode())
+            .map_err(|e| EngineError::refused(FailureCode::JournalStoreFailed, e.to_string()))
+    }
+
     /// Deletes the journal from the card (an empty `53` removes a PIV object).
     pub(crate) fn delete_journal(&mut self) -> Result<(), EngineError> {
+        if self.journal_on_worker {
+            if let Some(keeper) = self.request.journal_keeper {
+                keeper.remove(self.request.chip_serial).map_err(|e| {
+                    EngineError::refused(FailureCode::JournalStoreFailed, e.to_string())
+                })?;
+            }
+            self.journal = None;
+            return Ok(());
+        }
         const NAME: &str = "PUT DATA journal (delete)";
         match objects::put_data(&mut self.session, NAME, JOURNAL_TAG, &[0x53, 0x00])? {
             StatusWord::Success | StatusWord::NotFound => {
@@ -312,6 +365,7 @@ fn report(result: Result<(), EngineError>, steps: Vec<StepReport>, apdus: usize)
                 failure: None,
                 retryable: false,
                 steps,
+                public_keys: Vec::new(),
             }
         }
         Err(error) => {
@@ -332,6 +386,7 @@ fn report(result: Result<(), EngineError>, steps: Vec<StepReport>, apdus: usize)
                 }),
                 retryable: error.retryable(),
                 steps,
+                public_keys: Vec::new(),
             }
         }
     }

@@ -36,31 +36,69 @@ impl Runner<'_, '_> {
 
     /// Reads the journal: this job's own (resume), none (fresh card), or another job's. A
     /// card whose credentials another job began to change is that job's: refused untouched.
+    /// The journal is looked for on the card first, then in the worker's keeper; a card that
+    /// refuses the object (`6A80`, `6D00`, …) simply has none.
     pub(crate) fn read_journal(&mut self) -> Result<StepOutcome, EngineError> {
-        let encoded = objects::get_data(&mut self.session, "GET DATA journal", JOURNAL_TAG)?;
+        let (encoded, card_refuses) =
+            match objects::get_data_or_refusal(&mut self.session, "GET DATA journal", JOURNAL_TAG)?
+            {
+                Ok(found) => (found, false),
+                Err(sw) if self.request.journal_keeper.is_none() => {
+                    // Found out before anything is written: the card stays as it came.
+                    return Err(EngineError::refused(
+                        FailureCode::JournalUnsupported,
+                        format!(
+                            "the card refuses the journal object {JOURNAL_TAG} ({sw}) and the \
+                         worker keeps no journal (set worker.journal_dir)"
+                        ),
+                    ));
+                }
+                Err(_) => (None, true),
+            };
+        let (encoded, on_worker) = match encoded {
+            Some(encoded) => (Some(encoded), false),
+            None => match self.request.journal_keeper {
+                Some(keeper) => {
+                    let kept = keeper.load(self.request.chip_serial).map_err(|e| {
+                        EngineError::refused(FailureCode::JournalStoreFailed, e.to_string())
+                    })?;
+                    (kept, true)
+                }
+                None => (None, false),
+            },
+        };
+        // A card that refused the object journals on the worker from the start.
+        self.journal_on_worker = on_worker && (encoded.is_some() || card_refuses);
+        let place = if on_worker { "worker" } else { "card" };
         let Some(encoded) = encoded else {
-            return Ok(StepOutcome::Done(Some("no journal on the card".to_owned())));
+            let detail = if card_refuses {
+                "the card keeps no journal object; no journal on the worker"
+            } else {
+                "no journal on the card"
+            };
+            return Ok(StepOutcome::Done(Some(detail.to_owned())));
         };
         let journal = Journal::decode(&encoded).map_err(|e| {
             EngineError::refused(
                 FailureCode::JournalUnreadable,
-                format!("journal object {JOURNAL_TAG}: {e}"),
+                format!("journal object {JOURNAL_TAG} on the {place}: {e}"),
             )
         })?;
         let other = journal.job_id();
         if other == self.request.job_id {
-            let detail = format!("resuming this job: {}", journal.summary());
+            let detail = format!("resuming this job ({place} journal): {}", journal.summary());
             self.journal = Some(journal);
             return Ok(StepOutcome::Done(Some(detail)));
         }
         if journal.credentials_touched() {
             return Err(EngineError::refused(
                 FailureCode::AlreadyInitialized,
-                format!("job {other} already changed this card's credentials"),
+                format!("job {other} already changed this card's credentials ({place} journal)"),
             ));
         }
         Ok(StepOutcome::Done(Some(format!(
-            "job {other} left a journal but changed no credential; taking the card over"
+            "job {other} left a journal on the {place} but changed no credential; taking the \
+             card over"
         ))))
     }
 
@@ -130,6 +168,15 @@ impl Runner<'_, '_> {
                     let detail = format!("per-card key ({})", key.algorithm().as_str());
                     self.current_key = Some(key);
                     self.new_key_on_card = true;
+                    if self.journal.is_none() {
+                        // This job set the key, yet no journal of it is anywhere: what it
+                        // did to the PIN and PUK is unknown and is found out without a guess.
+                        self.unjournaled_resume = true;
+                        return Ok(StepOutcome::Done(Some(format!(
+                            "{detail}; no journal of this job: PIN and PUK are checked \
+                             before they are changed"
+                        ))));
+                    }
                     return Ok(StepOutcome::Done(Some(detail)));
                 }
                 (None, card_algorithm) => learned = learned.or(card_algorithm),

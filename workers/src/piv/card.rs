@@ -165,8 +165,18 @@ impl VirtualPivCard {
 
     fn execute(&mut self, apdu: &CommandApdu) -> CardResult {
         // Before the PIV application is selected, only the card manager answers.
-        if !self.session.selected && apdu.ins() != ins::SELECT && apdu.ins() != ins::GET_DATA_GP {
+        if !self.session.selected
+            && !self.state.options.implicit_selection
+            && apdu.ins() != ins::SELECT
+            && apdu.ins() != ins::GET_DATA_GP
+        {
             return Err(StatusWord::InsNotSupported);
+        }
+        if apdu.ins() == ins::SELECT
+            && apdu.p2() == 0x0C
+            && !self.state.options.select_without_response
+        {
+            return Err(StatusWord::IncorrectP1P2);
         }
         let command = PivCommand::parse(apdu, self.state.options.extensions)?;
         // A management key challenge is only good for the very next command.

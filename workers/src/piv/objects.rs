@@ -131,6 +131,9 @@ impl VirtualPivCard {
     /// GET DATA: the stored object, `6982` for PIN-protected objects without a verified PIN,
     /// `6A82` when absent or unknown.
     pub(super) fn get_data(&self, object: Tag) -> CardResult {
+        if self.is_refused_vendor_object(object) {
+            return Err(StatusWord::IncorrectDataField);
+        }
         match read_access(object) {
             None => Err(StatusWord::NotFound),
             Some(ReadAccess::Pin) if !self.session.pin_verified => {
@@ -165,7 +168,10 @@ impl VirtualPivCard {
             return Err(StatusWord::IncorrectDataField);
         };
         let whole_object_only = object == tag::DISCOVERY || object == tag::BIT_GROUP;
-        if read_access(object).is_none() || (whole_object_only && first.tag == tag::TAG_LIST) {
+        if read_access(object).is_none()
+            || self.is_refused_vendor_object(object)
+            || (whole_object_only && first.tag == tag::TAG_LIST)
+        {
             return Err(StatusWord::IncorrectDataField);
         }
         if encoded.len() > MAX_OBJECT_LEN {
@@ -178,6 +184,11 @@ impl VirtualPivCard {
             objects.insert(object, StoredObject(encoded));
         }
         Ok(Vec::new())
+    }
+
+    /// A vendor object (`5FFFxx`) on a card without them.
+    fn is_refused_vendor_object(&self, object: Tag) -> bool {
+        !self.state.options.vendor_objects && (0x5FFF00..=0x5FFFFF).contains(&object.raw())
     }
 
     /// GlobalPlatform GET DATA for CPLC: `9F7F` and 42 bytes with the chip serial in the IC

@@ -115,6 +115,27 @@ pub struct CardOptions {
     pub initial_mgmt_key_algorithm: MgmtKeyAlgorithm,
     /// Firmware version reported by GET VERSION.
     pub version: [u8; 3],
+    /// Whether vendor data objects (`5FFFxx`, where the engine keeps its journal) exist;
+    /// without them GET DATA and PUT DATA of such tags answer `6A80`, as strict SP 800-73-4
+    /// applets do.
+    #[serde(default = "yes")]
+    pub vendor_objects: bool,
+    /// Whether PIV commands are answered before the PIV application is selected (a card
+    /// whose only application is PIV).
+    #[serde(default)]
+    pub implicit_selection: bool,
+    /// Whether SELECT with P2 = `0C` (no response data) is accepted; when not, it answers
+    /// `6A86`.
+    #[serde(default = "yes")]
+    pub select_without_response: bool,
+    /// Whether a wrong PUK in CHANGE REFERENCE DATA is answered `63Cx` (tries left);
+    /// when not, a bare `6300` that does not say how many are left.
+    #[serde(default = "yes")]
+    pub puk_reports_tries: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Default for CardOptions {
@@ -126,6 +147,10 @@ impl Default for CardOptions {
             mgmt_key_algorithms: MgmtKeyAlgorithm::ALL.to_vec(),
             initial_mgmt_key_algorithm: MgmtKeyAlgorithm::TripleDes,
             version: [5, 4, 3],
+            vendor_objects: true,
+            implicit_selection: false,
+            select_without_response: true,
+            puk_reports_tries: true,
         }
     }
 }

@@ -55,7 +55,14 @@ impl VirtualPivCard {
             _ => return Err(StatusWord::ReferenceDataNotFound),
         };
         let (old, new) = self.parse_pair(data)?;
-        self.check(reference, &old)?;
+        match self.check(reference, &old) {
+            Err(StatusWord::VerificationFailed { .. })
+                if reference == Reference::Puk && !self.state.options.puk_reports_tries =>
+            {
+                return Err(StatusWord::Other(0x6300));
+            }
+            checked => checked?,
+        }
         let state = self.state_mut();
         match reference {
             Reference::Pin => state.pin = new,

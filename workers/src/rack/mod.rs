@@ -33,6 +33,8 @@ pub struct SlotJob {
     pub secrets: CardSecrets,
     /// Set when the job is cancelled; the engine looks at it at its safe point.
     pub cancelled: Arc<AtomicBool>,
+    /// The worker's journal for cards that keep none (`worker.journal_dir`).
+    pub journal_keeper: Option<Arc<dyn crate::engine::JournalKeeper>>,
 }
 
 impl SlotJob {
@@ -43,6 +45,7 @@ impl SlotJob {
             chip_serial: &self.chip_serial,
             profile: &self.profile,
             secrets: &self.secrets,
+            journal_keeper: self.journal_keeper.as_deref(),
         };
         crate::metrics::counting_status_words(self.job_id, || {
             crate::engine::encode_cancellable(&request, card, &|| {
@@ -82,6 +85,7 @@ pub fn card_absent() -> EncodeReport {
         }),
         retryable: true,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 

@@ -339,6 +339,7 @@ async fn encode_in_slot(
             profile: job.profile.clone(),
             secrets: secrets.clone(),
             cancelled: cancelled.clone(),
+            journal_keeper: shared.config.journal_keeper.clone(),
         }),
         reply,
     };
@@ -368,6 +369,7 @@ fn failure(code: &str, message: &str, retryable: bool) -> EncodeReport {
         }),
         retryable,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 
@@ -377,6 +379,7 @@ fn cancelled() -> EncodeReport {
         failure: None,
         retryable: false,
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 
@@ -432,6 +435,7 @@ async fn publish_result(
         attempts,
         started_at,
         finished_at: chrono::Utc::now(),
+        public_keys: report.public_keys,
     });
     publish(publisher, &message).await
 }

@@ -43,6 +43,8 @@ pub struct RuntimeConfig {
     pub reconnect_max: Duration,
     /// The rack's private key; opens the secrets of the rack's jobs.
     pub rack_key: Arc<RackSecretKey>,
+    /// The journal of cards that refuse the journal object (`worker.journal_dir`).
+    pub journal_keeper: Option<Arc<dyn crate::engine::JournalKeeper>>,
 }
 
 /// Most job ids remembered (cancelled, or seen by this worker).

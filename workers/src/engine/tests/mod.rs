@@ -5,6 +5,8 @@
 mod faults;
 mod flows;
 mod identity;
+mod matrix;
+mod strict_cards;
 mod units;
 mod variants;
 
@@ -29,6 +31,8 @@ pub(super) struct Job {
     pub chip_serial: String,
     pub profile: CardProfile,
     pub secrets: CardSecrets,
+    /// The worker's journal, for cards that keep none.
+    pub keeper: Option<std::sync::Arc<dyn super::JournalKeeper>>,
 }
 
 impl Job {
@@ -44,6 +48,7 @@ impl Job {
                 management_key: NEW_KEY.into(),
                 management_key_algorithm: ManagementKeyAlgorithm::Aes192,
             },
+            keeper: None,
         }
     }
 
@@ -53,6 +58,7 @@ impl Job {
             chip_serial: &self.chip_serial,
             profile: &self.profile,
             secrets: &self.secrets,
+            journal_keeper: self.keeper.as_deref(),
         }
     }
 

@@ -44,6 +44,7 @@ pub(super) fn failed(error: TransportError) -> EncodeReport {
         }),
         retryable: error.retryable(),
         steps: Vec::new(),
+        public_keys: Vec::new(),
     }
 }
 
