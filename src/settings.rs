@@ -419,6 +419,36 @@ mod tests {
     }
 
     #[test]
+    fn http_tls_needs_both_files_and_they_must_exist() {
+        let mut k = keys();
+        k.push(("http.tls.cert_file", "/nonexistent/cp.pem".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file go together"), "{err}");
+        k.push(("http.tls.key_file", "/nonexistent/cp.key".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("http.tls.cert_file: no such file"), "{err}");
+        let mut k = keys();
+        k.push(("http.tls.client_ca_file", "/nonexistent/ca.pem".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("http.tls.client_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_token_expiry_have_defaults() {
+        let s = Settings::load_with(None, &keys()).unwrap();
+        assert_eq!(s.http.request_timeout_seconds, 30);
+        assert_eq!(s.http.rate_limit.per_second, 50);
+        assert_eq!(s.http.rate_limit.burst, 500);
+        assert_eq!(s.tokens.default_ttl_days, 90);
+        assert!(!s.http.tls.enabled());
+        let never = TokenSettings {
+            default_ttl_days: 0,
+        };
+        assert_eq!(never.expiry(None), None);
+        assert!(never.expiry(Some(1)).is_some());
+    }
+
+    #[test]
     fn a_short_encryption_key_is_refused() {
         let mut k = keys();
         k[0].1 = "abcd".into();
