@@ -38,6 +38,9 @@ impl Component {
 #[derive(Debug)]
 pub struct Application {
     api: Option<(TcpListener, Router)>,
+    /// HTTPS for the API listener (`http.tls`); plain HTTP when `None`.
+    api_tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    header_timeout: Duration,
     metrics: Option<(TcpListener, Router)>,
     dispatcher: Option<Dispatcher>,
     ledger: Option<Ledger>,
@@ -92,6 +95,8 @@ impl Application {
             max_batch_cards: settings.http.max_batch_cards,
             bus: Some(bus.clone()),
             events_poll: Duration::from_millis(250),
+            tokens: settings.tokens.clone(),
+            ready: api::ready::ReadyCache::new(Duration::from_secs(2)),
         };
         let api = if components.contains(&Component::Api) {
             let listener = TcpListener::bind(settings.http.listen)
@@ -99,10 +104,11 @@ impl Application {
                 .with_context(|| {
                     format!("cannot listen on {} (http.listen)", settings.http.listen)
                 })?;
-            Some((listener, api::router(state, settings.http.max_body_bytes)))
+            Some((listener, api::router(state, &settings.http)))
         } else {
             None
         };
+        let api_tls = api::tls::server_config(&settings.http.tls)?;
         let metrics_server = match settings.metrics.listen {
             Some(addr) => {
                 let listener = TcpListener::bind(addr)
@@ -153,6 +159,8 @@ impl Application {
         });
         Ok(Self {
             api,
+            api_tls,
+            header_timeout: Duration::from_secs(settings.http.header_timeout_seconds),
             metrics: metrics_server,
             dispatcher,
             ledger,
@@ -183,7 +191,17 @@ impl Application {
     /// Runs every selected component until `shutdown` is cancelled.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut tasks = tokio::task::JoinSet::new();
-        for (listener, router) in [self.api, self.metrics].into_iter().flatten() {
+        if let Some((listener, router)) = self.api {
+            let token = shutdown.clone();
+            let tls = self.api_tls;
+            let header_timeout = self.header_timeout;
+            tasks.spawn(async move {
+                serve_api(listener, router, tls, header_timeout, token)
+                    .await
+                    .context("API server failed")
+            });
+        }
+        for (listener, router) in self.metrics.into_iter() {
             let token = shutdown.clone();
             tasks.spawn(async move {
                 axum::serve(listener, router)
@@ -223,5 +241,38 @@ impl Application {
             }
         }
         result
+    }
+}
+
+/// Serves the API on `listener`, over TLS when `tls` is given, until
+/// `shutdown`; slow clients get `header_timeout` to send their headers and
+/// in-flight requests 10 s to finish.
+async fn serve_api(
+    listener: TcpListener,
+    router: Router,
+    tls: Option<axum_server::tls_rustls::RustlsConfig>,
+    header_timeout: Duration,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let handle = axum_server::Handle::<std::net::SocketAddr>::new();
+    let stopper = handle.clone();
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        stopper.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    let mut server = axum_server::Server::from_listener(listener).handle(handle);
+    server
+        .http_builder()
+        .http1()
+        .header_read_timeout(Some(header_timeout));
+    let service = router.into_make_service();
+    match tls {
+        Some(config) => {
+            server
+                .acceptor(axum_server::tls_rustls::RustlsAcceptor::new(config))
+                .serve(service)
+                .await
+        }
+        None => server.serve(service).await,
     }
 }

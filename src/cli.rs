@@ -33,6 +33,10 @@ pub struct Cli {
     /// API token for client commands (`cardfleet tokens create`).
     #[arg(long, global = true, env = "CARDFLEET_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// PEM CA certificates to trust for an https:// API (besides the
+    /// system's), e.g. the bureau's own CA.
+    #[arg(long, global = true, env = "CARDFLEET_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -155,6 +159,10 @@ pub enum TokensCommand {
         roles: Vec<crate::store::tokens::Role>,
         #[arg(long)]
         name: String,
+        /// Days until the token expires (default: tokens.default_ttl_days;
+        /// 0 there means never).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=3650))]
+        ttl_days: Option<u32>,
     },
     /// List tokens (never their secrets).
     List,
@@ -278,14 +286,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Tokens { database, command } => {
-            let store = direct_store(cli.config.as_deref(), &database).await?;
-            tokens_command(&store, command).await
+            let (store, settings) = direct_store(cli.config.as_deref(), &database).await?;
+            tokens_command(&store, &settings.tokens, command).await
         }
         Command::Racks { database, command } => {
-            let store = direct_store(cli.config.as_deref(), &database).await?;
+            let (store, _) = direct_store(cli.config.as_deref(), &database).await?;
             racks_command(&store, command).await
         }
-        command => client_command(&ApiClient::new(&cli.api, cli.token.as_deref())?, command).await,
+        command => {
+            let api = ApiClient::with_ca(&cli.api, cli.token.as_deref(), cli.ca_file.as_deref())?;
+            client_command(&api, command).await
+        }
     }
 }
 
@@ -294,7 +305,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 async fn direct_store(
     config: Option<&std::path::Path>,
     database: &DirectDatabase,
-) -> anyhow::Result<crate::store::Store> {
+) -> anyhow::Result<(crate::store::Store, Settings)> {
     let settings = match &database.data_dir {
         Some(dir) => {
             let defaults = crate::standalone::data_dir_defaults(dir)?;
@@ -307,7 +318,7 @@ async fn direct_store(
     if migrate {
         store.migrate().await?;
     }
-    Ok(store)
+    Ok((store, settings))
 }
 
 /// The actor of audit rows written from the command line.
@@ -316,10 +327,18 @@ fn cli_actor() -> String {
     format!("cli:{user}")
 }
 
-async fn tokens_command(store: &crate::store::Store, command: TokensCommand) -> anyhow::Result<()> {
+async fn tokens_command(
+    store: &crate::store::Store,
+    expiry: &crate::settings::TokenSettings,
+    command: TokensCommand,
+) -> anyhow::Result<()> {
     use crate::store::tokens::{NewToken, Role};
     match command {
-        TokensCommand::Create { roles, name } => {
+        TokensCommand::Create {
+            roles,
+            name,
+            ttl_days,
+        } => {
             if roles.contains(&Role::Worker) {
                 bail!(
                     "worker tokens are enrollment tokens: use `cardfleet racks enroll-token RACK_ID`"
@@ -330,12 +349,16 @@ async fn tokens_command(store: &crate::store::Store, command: TokensCommand) -> 
                 roles,
                 rack_id: None,
                 single_use: false,
-                expires_at: None,
+                expires_at: expiry.expiry(ttl_days),
             };
             let secret = store.create_token(&new, &cli_actor()).await?;
             let roles: Vec<&str> = new.roles.iter().map(|r| r.as_str()).collect();
+            let until = new.expires_at.map_or_else(
+                || "never expires".to_owned(),
+                |e| format!("expires {}", e.format("%Y-%m-%d %H:%M UTC")),
+            );
             eprintln!(
-                "created token '{}' with roles {}; its secret follows and is not shown again",
+                "created token '{}' with roles {} ({until}); its secret follows and is not shown again",
                 new.name,
                 roles.join(",")
             );

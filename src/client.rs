@@ -28,9 +28,31 @@ impl ApiClient {
     /// A client of the API at `base`, authenticating with `token` (a bearer
     /// secret from `cardfleet tokens create`) when given.
     pub fn new(base: &str, token: Option<&str>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
+        Self::with_ca(base, token, None)
+    }
+
+    /// As [`ApiClient::new`], trusting also the PEM CA certificates in
+    /// `ca_file` for an `https://` API (a bureau's own CA); the system's
+    /// roots are trusted too.
+    pub fn with_ca(
+        base: &str,
+        token: Option<&str>,
+        ca_file: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(300))
-            .build()?;
+            .use_rustls_tls();
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).with_context(|| {
+                format!("cannot read the CA file {} (--ca-file)", path.display())
+            })?;
+            for cert in reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("no PEM certificate in {} (--ca-file)", path.display()))?
+            {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        let http = builder.build()?;
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http,

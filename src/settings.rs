@@ -19,6 +19,7 @@ pub struct Settings {
     pub dispatcher: DispatcherSettings,
     pub ledger: LedgerSettings,
     pub log: LogSettings,
+    pub tokens: TokenSettings,
     /// The worker's sections: one configuration file or environment may
     /// serve both programs (and standalone mode runs both in one process).
     #[serde(default)]
@@ -70,6 +71,61 @@ pub struct HttpSettings {
     pub max_batch_cards: usize,
     /// Largest request body accepted (413 above).
     pub max_body_bytes: usize,
+    /// Longest a request may take, body upload included, before it is
+    /// answered 408 `request_timeout` (event streams once started excepted).
+    pub request_timeout_seconds: u64,
+    /// Longest a client may take to send its request headers.
+    pub header_timeout_seconds: u64,
+    /// Per-token request rate (`http.rate_limit.per_second`, `burst`).
+    pub rate_limit: RateLimitSettings,
+    /// HTTPS for the API (`http.tls.cert_file`, `key_file`, `client_ca_file`).
+    #[serde(default)]
+    pub tls: HttpTlsSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    /// Requests per second each token may sustain; 0 turns limiting off.
+    pub per_second: u32,
+    /// Requests a token may make at once above the sustained rate.
+    pub burst: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTlsSettings {
+    /// PEM certificate chain of the API; with `key_file`, the API speaks
+    /// HTTPS only.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `cert_file`.
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificates: clients presenting a certificate must present
+    /// one issued by these; clients without one are still served (they
+    /// authenticate with their bearer token).
+    pub client_ca_file: Option<PathBuf>,
+}
+
+impl HttpTlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenSettings {
+    /// Days until a new API token expires, unless its creator says
+    /// otherwise; 0 means tokens never expire.
+    pub default_ttl_days: u32,
+}
+
+impl TokenSettings {
+    /// When a token created now with `ttl_days` (or the default) expires.
+    pub fn expiry(&self, ttl_days: Option<u32>) -> Option<chrono::DateTime<chrono::Utc>> {
+        let days = ttl_days.unwrap_or(self.default_ttl_days);
+        (days > 0).then(|| chrono::Utc::now() + chrono::Duration::days(i64::from(days)))
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -168,6 +224,11 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("http.listen", "127.0.0.1:8080"),
     ("http.max_batch_cards", "100000"),
     ("http.max_body_bytes", "8388608"),
+    ("http.request_timeout_seconds", "30"),
+    ("http.header_timeout_seconds", "10"),
+    ("http.rate_limit.per_second", "50"),
+    ("http.rate_limit.burst", "500"),
+    ("tokens.default_ttl_days", "90"),
     ("metrics.listen", "127.0.0.1:9464"),
     ("metrics.refresh_seconds", "5"),
     ("credentials.key_id", "k1"),
@@ -254,6 +315,36 @@ impl Settings {
         if self.http.max_batch_cards == 0 {
             return bad("http.max_batch_cards", "must be at least 1");
         }
+        if self.http.request_timeout_seconds == 0 {
+            return bad("http.request_timeout_seconds", "must be at least 1");
+        }
+        if self.http.header_timeout_seconds == 0 {
+            return bad("http.header_timeout_seconds", "must be at least 1");
+        }
+        if self.http.rate_limit.per_second > 0 && self.http.rate_limit.burst == 0 {
+            return bad("http.rate_limit.burst", "must be at least 1 when limiting");
+        }
+        let tls = &self.http.tls;
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return bad(
+                "http.tls",
+                "cert_file and key_file go together: give both or neither",
+            );
+        }
+        if tls.client_ca_file.is_some() && !tls.enabled() {
+            return bad("http.tls.client_ca_file", "needs cert_file and key_file");
+        }
+        for (key, file) in [
+            ("http.tls.cert_file", &tls.cert_file),
+            ("http.tls.key_file", &tls.key_file),
+            ("http.tls.client_ca_file", &tls.client_ca_file),
+        ] {
+            if let Some(path) = file
+                && !path.is_file()
+            {
+                return bad(key, &format!("no such file: {}", path.display()));
+            }
+        }
         if self.dispatcher.batch_size <= 0 {
             return bad("dispatcher.batch_size", "must be at least 1");
         }
@@ -325,6 +416,36 @@ mod tests {
         let loaded = Settings::load_with(Some(&file), &keys());
         std::fs::remove_dir_all(&dir).unwrap();
         assert!(loaded.is_ok(), "{:?}", loaded.err());
+    }
+
+    #[test]
+    fn http_tls_needs_both_files_and_they_must_exist() {
+        let mut k = keys();
+        k.push(("http.tls.cert_file", "/nonexistent/cp.pem".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("cert_file and key_file go together"), "{err}");
+        k.push(("http.tls.key_file", "/nonexistent/cp.key".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("http.tls.cert_file: no such file"), "{err}");
+        let mut k = keys();
+        k.push(("http.tls.client_ca_file", "/nonexistent/ca.pem".into()));
+        let err = Settings::load_with(None, &k).unwrap_err().to_string();
+        assert!(err.contains("http.tls.client_ca_file"), "{err}");
+    }
+
+    #[test]
+    fn limits_and_token_expiry_have_defaults() {
+        let s = Settings::load_with(None, &keys()).unwrap();
+        assert_eq!(s.http.request_timeout_seconds, 30);
+        assert_eq!(s.http.rate_limit.per_second, 50);
+        assert_eq!(s.http.rate_limit.burst, 500);
+        assert_eq!(s.tokens.default_ttl_days, 90);
+        assert!(!s.http.tls.enabled());
+        let never = TokenSettings {
+            default_ttl_days: 0,
+        };
+        assert_eq!(never.expiry(None), None);
+        assert!(never.expiry(Some(1)).is_some());
     }
 
     #[test]

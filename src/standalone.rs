@@ -84,6 +84,7 @@ fn random_hex() -> String {
 
 fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
     if path.exists() {
+        refuse_shared_keys_file(path)?;
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
         return toml::from_str(&text)
@@ -109,6 +110,28 @@ fn load_or_create_keys(path: &Path) -> anyhow::Result<Keys> {
     file.write_all(text.as_bytes())?;
     file.sync_all()?;
     Ok(keys)
+}
+
+/// Refuses a keys file the group or others may read or write: it holds
+/// the keys to every stored PIN and PUK.
+fn refuse_shared_keys_file(path: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{} may be read by its group or others (mode {:o}); it holds the credential keys: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 trait Mode0600 {
@@ -433,4 +456,28 @@ impl Hopper {
 /// The data directory a new user gets without `--data-dir`.
 pub fn default_data_dir() -> PathBuf {
     PathBuf::from("cardfleet-data")
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn a_keys_file_others_may_read_is_refused_and_a_private_one_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(KEYS_FILE);
+        let created = load_or_create_keys(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            load_or_create_keys(&path).unwrap().master_key,
+            created.master_key
+        );
+
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = load_or_create_keys(&path).unwrap_err().to_string();
+        assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
+        assert!(!err.contains(&created.master_key));
+    }
 }

@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use base64::Engine;
+use cardfleet::api::auth::Access;
 use cardfleet::credentials::{CredentialCipher, Sealed};
 use cardfleet::store::initialize::credential_context;
 use cardfleet::store::tokens::{NewToken, Role};
@@ -223,8 +224,9 @@ async fn every_endpoint_admits_exactly_its_roles_and_nothing_without_a_token() {
         .iter()
         .map(|e| (e.method.to_string(), e.route.to_owned()))
         .collect();
-    let table: BTreeSet<(String, String)> = cardfleet::api::auth::ROUTE_ROLES
+    let table: BTreeSet<(String, String)> = cardfleet::api::auth::ROUTES
         .iter()
+        .filter(|(_, _, access)| *access != Access::Public)
         .map(|(m, r, _)| (m.to_string(), (*r).to_owned()))
         .collect();
     assert_eq!(tested, table, "the matrix and the access table differ");
@@ -280,11 +282,13 @@ async fn every_endpoint_admits_exactly_its_roles_and_nothing_without_a_token() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // Open to everyone: health, readiness, metrics and the API description.
-    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+    // Open to everyone: health, readiness and the API description; the
+    // metrics are on the metrics listener only.
+    for path in ["/healthz", "/readyz", "/openapi.json"] {
         let r = app.call_as(None, Method::GET, path, None).await;
         assert_eq!(r.status, 200, "{path}: {}", r.body);
     }
+    assert_eq!(app.get("/metrics").await.status, 404);
     // An unknown route tells nobody without a token that it does not exist.
     let r = app
         .call_as(None, Method::GET, "/v1/nothing-here", None)
@@ -979,4 +983,217 @@ async fn the_cli_makes_tokens_on_the_database_and_client_commands_send_them() {
             .status
             .success()
     );
+}
+
+/// Every kind of token a request may carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Nobody,
+    /// An API token (or, for the worker role, an enrolment token) holding one role.
+    Holding(Role),
+    Revoked,
+    Expired,
+}
+
+/// Fills a route template with ids that parse.
+fn fill(route: &str, card: Uuid) -> String {
+    route
+        .replace("{card_id}", &card.to_string())
+        .replace("{batch_id}", &Uuid::new_v4().to_string())
+        .replace("{rack_id}", "rack-x")
+        .replace("{slot}", "0")
+        .replace("{name}", "nobody")
+}
+
+#[tokio::test]
+async fn every_route_and_method_is_decided_by_the_table_for_every_kind_of_token() {
+    use cardfleet::api::auth::ROUTES;
+    let app = spawn_app().await;
+    let card = app.import_cards("X", 1).await[0];
+    let mut kinds: Vec<(Kind, Option<String>)> = role_tokens(&app, "rack-x")
+        .await
+        .into_iter()
+        .map(|(who, token)| match who {
+            Who::Nobody => (Kind::Nobody, token),
+            Who::As(role) => (Kind::Holding(role), token),
+        })
+        .collect();
+    let revoked = create_token(&app.store, "matrix-revoked", &Role::ALL).await;
+    app.store
+        .revoke_token("matrix-revoked", "test")
+        .await
+        .unwrap();
+    kinds.push((Kind::Revoked, Some(revoked)));
+    let expired = NewToken {
+        name: "matrix-expired".into(),
+        roles: Role::ALL.to_vec(),
+        rack_id: None,
+        single_use: false,
+        expires_at: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+    };
+    let expired = app.store.create_token(&expired, "test").await.unwrap();
+    kinds.push((Kind::Expired, Some(expired.expose().to_owned())));
+
+    let methods = [
+        Method::GET,
+        Method::HEAD,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+        Method::OPTIONS,
+    ];
+    let mut routes: Vec<&str> = ROUTES.iter().map(|(_, r, _)| *r).collect();
+    routes.sort_unstable();
+    routes.dedup();
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    for route in &routes {
+        for method in &methods {
+            let listed = ROUTES
+                .iter()
+                .find(|(m, r, _)| r == route && m.as_str() == method.as_str())
+                .map(|(_, _, a)| *a);
+            let allow: Vec<&str> = ROUTES
+                .iter()
+                .filter(|(_, r, _)| r == route)
+                .map(|(m, _, _)| m.as_str())
+                .collect();
+            for (kind, token) in &kinds {
+                let path = fill(route, card);
+                let response = client_with(token.as_deref())
+                    .request(method.clone(), app.url(&path))
+                    .send()
+                    .await
+                    .unwrap();
+                checked += 1;
+                let status = response.status().as_u16();
+                let allow_header = response
+                    .headers()
+                    .get("allow")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                // Only the status and headers: an event stream never ends.
+                let code = if (400..500).contains(&status) && *method != Method::HEAD {
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    body["code"].as_str().unwrap_or("").to_owned()
+                } else {
+                    String::new()
+                };
+                let ok = match (listed, kind) {
+                    (None, _) => {
+                        status == 405
+                            && allow_header.as_deref() == Some(allow.join(", ").as_str())
+                            && (*method == Method::HEAD || code == "method_not_allowed")
+                    }
+                    (Some(Access::Public), _) => status == 200,
+                    (Some(_), Kind::Nobody | Kind::Revoked) => {
+                        status == 401 && code == "unauthenticated"
+                    }
+                    (Some(_), Kind::Expired) => status == 401 && code == "token_expired",
+                    (Some(Access::Roles(roles)), Kind::Holding(role)) => {
+                        if roles.contains(role) {
+                            ![401, 403, 405].contains(&status) && status < 500
+                        } else {
+                            status == 403 && code == "forbidden"
+                        }
+                    }
+                };
+                if !ok {
+                    failures.push(format!(
+                        "{method} {path} with {kind:?}: got {status} {code} allow={allow_header:?}"
+                    ));
+                }
+            }
+        }
+    }
+    assert!(checked >= routes.len() * methods.len() * 8);
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test]
+async fn head_as_an_auditor_reads_no_tokens_and_no_puk_and_writes_no_audit_row() {
+    let app = spawn_app().await;
+    let card = app.import_cards("HD", 1).await[0];
+    let auditor = create_token(&app.store, "head-auditor", &[Role::Auditor]).await;
+    let officer = create_token(&app.store, "head-officer", &[Role::Officer]).await;
+    let audit_rows = || async {
+        app.get("/v1/audit?limit=1000")
+            .await
+            .body
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    let before = audit_rows().await;
+    let puk = format!("/v1/cards/{card}/puk?reason=head");
+    for (token, path) in [
+        (&auditor, "/v1/tokens"),
+        (&auditor, puk.as_str()),
+        (&officer, puk.as_str()),
+    ] {
+        let r = app.call_as(Some(token), Method::HEAD, path, None).await;
+        assert_eq!(r.status, 405, "HEAD {path}");
+    }
+    assert_eq!(
+        audit_rows().await,
+        before,
+        "a refused HEAD wrote audit rows"
+    );
+}
+
+#[tokio::test]
+async fn tokens_expire_after_the_default_ttl_and_reserved_names_are_refused() {
+    let app = spawn_app().await;
+    // Made through the API: the default expiry (tokens.default_ttl_days, 90).
+    let r = app
+        .post(
+            "/v1/tokens",
+            json!({ "name": "ninety", "roles": ["auditor"] }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let expires: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(r.body["expires_at"].clone()).unwrap();
+    let days = (expires - chrono::Utc::now()).num_hours() as f64 / 24.0;
+    assert!((89.9..=90.1).contains(&days), "{days}");
+    let r = app
+        .post(
+            "/v1/tokens",
+            json!({ "name": "one-day", "roles": ["auditor"], "ttl_days": 1 }),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let r = app
+        .post(
+            "/v1/tokens",
+            json!({ "name": "forever", "roles": ["auditor"], "ttl_days": 0 }),
+        )
+        .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+
+    // Once past its expiry a token gets token_expired, not a bare 401.
+    let old = NewToken {
+        name: "old".into(),
+        roles: vec![Role::Auditor],
+        rack_id: None,
+        single_use: false,
+        expires_at: Some(chrono::Utc::now() - chrono::Duration::seconds(1)),
+    };
+    let old = app.store.create_token(&old, "test").await.unwrap();
+    let r = app
+        .call_as(Some(old.expose()), Method::GET, "/v1/audit", None)
+        .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.body["code"], "token_expired");
+
+    // Names the services write as audit actors are not for tokens.
+    for name in ["ledger", "dispatcher", "standalone", "Ledger"] {
+        let r = app
+            .post("/v1/tokens", json!({ "name": name, "roles": ["auditor"] }))
+            .await;
+        assert_eq!(r.status, 409, "{name}: {}", r.body);
+        assert_eq!(r.body["code"], "reserved_name");
+    }
+    let listed = app.get("/v1/tokens").await.body.to_string();
+    assert!(!listed.contains("\"ledger\""), "{listed}");
 }

@@ -307,7 +307,6 @@ async fn no_pin_puk_or_management_key_appears_anywhere_it_should_not() {
         "/v1/audit?limit=1000".to_owned(),
         "/v1/tokens".to_owned(),
         "/v1/processes/initialize-temporary-card".to_owned(),
-        "/metrics".to_owned(),
     ] {
         let (status, body) = text(&app, reqwest::Method::GET, &path).await;
         assert!(status < 400, "{path}: {status} {body}");

@@ -354,8 +354,23 @@ async fn a_worker_enrolls_its_key_once_with_its_token_and_a_reused_or_foreign_to
     let (key, new) = rack_key::load_or_create(&path).unwrap();
     assert!(new);
 
+    // The test API speaks plain http on loopback: allowed only when asked.
+    let refused = rack_key::enroll(
+        &app.base,
+        &Default::default(),
+        "unused",
+        "rack-e",
+        &key,
+        &path,
+    )
+    .await;
+    assert!(matches!(refused, Err(EnrollError::Tls(_))), "{refused:?}");
+    let plain_http = cardfleet_worker::api_tls::ApiTls {
+        insecure: true,
+        ..Default::default()
+    };
     let token = enrollment_token(&app, "rack-e").await;
-    let done = rack_key::enroll(&app.base, &token, "rack-e", &key, &path)
+    let done = rack_key::enroll(&app.base, &plain_http, &token, "rack-e", &key, &path)
         .await
         .unwrap();
     assert_eq!(done.key_id, key.public_key().key_id());
@@ -369,14 +384,14 @@ async fn a_worker_enrolls_its_key_once_with_its_token_and_a_reused_or_foreign_to
     );
 
     // The same token again: used up.
-    let again = rack_key::enroll(&app.base, &token, "rack-e", &key, &path).await;
+    let again = rack_key::enroll(&app.base, &plain_http, &token, "rack-e", &key, &path).await;
     assert!(
         matches!(again, Err(EnrollError::Unauthorized(_))),
         "{again:?}"
     );
     // A token made for another rack.
     let other = enrollment_token(&app, "rack-o").await;
-    let foreign = rack_key::enroll(&app.base, &other, "rack-e", &key, &path).await;
+    let foreign = rack_key::enroll(&app.base, &plain_http, &other, "rack-e", &key, &path).await;
     assert!(
         matches!(foreign, Err(EnrollError::Forbidden(_))),
         "{foreign:?}"

@@ -1,5 +1,6 @@
-//! TLS to RabbitMQ (amqps, CA file, client certificate) and to PostgreSQL
-//! (sslmode, CA), against the real services. The local services listen in
+//! TLS on the API itself (HTTPS with the bureau's certificate, the CLI and
+//! the worker trusting its CA), to RabbitMQ (amqps, CA file, client
+//! certificate) and to PostgreSQL (sslmode, CA), against the real services. The local services listen in
 //! plain text, so each test puts a TLS-terminating proxy with a certificate
 //! from a fresh self-signed CA in front of them: the client side (cardfleet's
 //! connection code) is exercised exactly as against a TLS-enabled server.
@@ -50,6 +51,8 @@ impl Pki {
         std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
         std::fs::write(dir.path().join("client.pem"), client.pem()).unwrap();
         std::fs::write(dir.path().join("client.key"), client_key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), server.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), server_key.serialize_pem()).unwrap();
         Self {
             server_der: server.der().clone(),
             server_key: server_key.serialize_der(),
@@ -341,4 +344,194 @@ async fn the_control_plane_runs_over_tls_to_both_services() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
     assert!(ready, "the control plane did not become ready over TLS");
+}
+
+/// The control plane serving its API over HTTPS with `pki`'s server
+/// certificate; `extra` adds settings.
+async fn https_app(pki: &Pki, extra: &[(&str, String)]) -> support::TestApp {
+    let mut settings = vec![
+        (
+            "http.tls.cert_file",
+            pki.path("server.pem").display().to_string(),
+        ),
+        (
+            "http.tls.key_file",
+            pki.path("server.key").display().to_string(),
+        ),
+    ];
+    settings.extend(extra.iter().cloned());
+    support::spawn_app_with(&[cardfleet::app::Component::Api], &settings).await
+}
+
+fn https_client(pki: &Pki, identity: Option<&Pki>) -> reqwest::Client {
+    let ca = std::fs::read(pki.path("ca.pem")).unwrap();
+    let mut builder = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap());
+    if let Some(other) = identity {
+        let mut pem = std::fs::read(other.path("client.pem")).unwrap();
+        pem.extend(std::fs::read(other.path("client.key")).unwrap());
+        builder = builder.identity(reqwest::Identity::from_pem(&pem).unwrap());
+    }
+    builder.build().unwrap()
+}
+
+fn https_base(app: &support::TestApp) -> String {
+    let port = app.base.rsplit(':').next().unwrap();
+    format!("https://localhost:{port}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_serves_https_and_the_cli_lists_cards_with_the_ca_file() {
+    let pki = Pki::new();
+    let app = https_app(&pki, &[]).await;
+    let base = https_base(&app);
+    let client = https_client(&pki, None);
+    let r = client
+        .post(format!("{base}/v1/cards/import"))
+        .bearer_auth(&app.token)
+        .json(&serde_json::json!({ "cards": [{
+            "card_number": "TLS-TC-1", "chip_serial": "TLS-CHIP-1",
+            "card_type": "temporary", "profile": "temporary-piv" }] }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // Plain HTTP to the HTTPS port gets no API answer.
+    let plain = reqwest::Client::new()
+        .get(format!(
+            "http://127.0.0.1:{}/healthz",
+            base.rsplit(':').next().unwrap()
+        ))
+        .send()
+        .await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+    // A client that does not trust the bureau's CA refuses the server.
+    let untrusting = reqwest::Client::builder().use_rustls_tls().build().unwrap();
+    assert!(
+        untrusting
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .is_err()
+    );
+
+    let cli = |ca: Option<&std::path::Path>| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_cardfleet"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CARDFLEET") {
+                command.env_remove(key);
+            }
+        }
+        command.args(["--api", &base, "--token", &app.token]);
+        if let Some(ca) = ca {
+            command.arg("--ca-file").arg(ca);
+        }
+        command.args(["cards", "list"]);
+        async move { command.output().await.unwrap() }
+    };
+    let listed = cli(Some(&pki.path("ca.pem"))).await;
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    assert!(stdout.contains("TLS-TC-1"), "{stdout}");
+    let refused = cli(None).await;
+    assert!(!refused.status.success(), "the CLI trusted an unknown CA");
+}
+
+#[tokio::test]
+async fn with_a_client_ca_a_certificate_from_another_ca_is_refused_and_none_is_fine() {
+    let pki = Pki::new();
+    let app = https_app(
+        &pki,
+        &[(
+            "http.tls.client_ca_file",
+            pki.path("ca.pem").display().to_string(),
+        )],
+    )
+    .await;
+    let base = https_base(&app);
+    let url = format!("{base}/healthz");
+    let no_certificate = https_client(&pki, None).get(&url).send().await.unwrap();
+    assert_eq!(no_certificate.status(), 200);
+    let ours = https_client(&pki, Some(&pki))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ours.status(), 200);
+    let stranger = Pki::new();
+    let foreign = https_client(&pki, Some(&stranger)).get(&url).send().await;
+    assert!(
+        foreign.is_err(),
+        "a certificate from another CA was accepted"
+    );
+}
+
+#[tokio::test]
+async fn a_worker_enrols_over_https_with_its_ca_file_and_not_over_plain_http() {
+    use cardfleet_worker::api_tls::ApiTls;
+    use cardfleet_worker::rack_key::{self, EnrollError};
+    let pki = Pki::new();
+    let app = https_app(&pki, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rack-t.key");
+    let (key, _) = rack_key::load_or_create(&path).unwrap();
+    let token = app
+        .store
+        .create_token(
+            &cardfleet::store::tokens::NewToken {
+                name: "enroll-rack-t".into(),
+                roles: vec![cardfleet::store::tokens::Role::Worker],
+                rack_id: Some("rack-t".into()),
+                single_use: true,
+                expires_at: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let plain = format!("http://127.0.0.1:{}", app.base.rsplit(':').next().unwrap());
+    let refused = rack_key::enroll(
+        &plain,
+        &ApiTls::default(),
+        token.expose(),
+        "rack-t",
+        &key,
+        &path,
+    )
+    .await;
+    assert!(matches!(refused, Err(EnrollError::Tls(_))), "{refused:?}");
+    let untrusting = rack_key::enroll(
+        &https_base(&app),
+        &ApiTls::default(),
+        token.expose(),
+        "rack-t",
+        &key,
+        &path,
+    )
+    .await;
+    assert!(
+        matches!(untrusting, Err(EnrollError::Unreachable { .. })),
+        "{untrusting:?}"
+    );
+    let tls = ApiTls {
+        ca_file: Some(pki.path("ca.pem")),
+        insecure: false,
+    };
+    let done = rack_key::enroll(
+        &https_base(&app),
+        &tls,
+        token.expose(),
+        "rack-t",
+        &key,
+        &path,
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.rack_id, "rack-t");
 }

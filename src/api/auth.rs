@@ -1,102 +1,147 @@
 //! Authentication and authorization of API requests: a bearer token names a
-//! caller with roles, and one table says which roles each route admits.
-//! Routes missing from the table admit any valid token (an unknown path is
-//! then a 404, a wrong method a 405); only health, readiness, metrics and the
-//! OpenAPI document are open to everyone.
+//! caller with roles, and one table says, for every method and route, which
+//! roles it admits or that it is public. Deny by default: a method the table
+//! does not list for a route is refused with 405 before any handler runs
+//! (HEAD and OPTIONS included); a path that is no route needs a valid token
+//! and then gets 404.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{Method, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
-use crate::store::tokens::{Caller, Role};
+use crate::store::tokens::{Authentication, Caller, Role};
 
 use Role::{Admin, Auditor, Officer, Operator, Worker};
 
-/// Who may call what: method, route template, roles (any one suffices).
-pub const ROUTE_ROLES: &[(Method, &str, &[Role])] = &[
-    (Method::POST, "/v1/cards/import", &[Operator]),
-    (Method::GET, "/v1/cards", &[Operator]),
-    (Method::GET, "/v1/cards/{card_id}", &[Operator]),
-    (Method::GET, "/v1/cards/{card_id}/puk", &[Officer]),
+/// Who may call a (method, route) pair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone, without a token.
+    Public,
+    /// A valid token holding one of these roles.
+    Roles(&'static [Role]),
+}
+
+const fn roles(r: &'static [Role]) -> Access {
+    Access::Roles(r)
+}
+
+/// The one table: method, route template, who may call it. Anything not
+/// listed is refused.
+pub const ROUTES: &[(Method, &str, Access)] = &[
+    (Method::GET, "/healthz", Access::Public),
+    (Method::GET, "/readyz", Access::Public),
+    (Method::GET, "/openapi.json", Access::Public),
+    (Method::POST, "/v1/cards/import", roles(&[Operator])),
+    (Method::GET, "/v1/cards", roles(&[Operator])),
+    (Method::GET, "/v1/cards/{card_id}", roles(&[Operator])),
+    (Method::GET, "/v1/cards/{card_id}/puk", roles(&[Officer])),
     (
         Method::GET,
         "/v1/processes/initialize-temporary-card",
-        &[Operator, Admin],
+        roles(&[Operator, Admin]),
     ),
     (
         Method::PUT,
         "/v1/processes/initialize-temporary-card",
-        &[Admin],
+        roles(&[Admin]),
     ),
-    (Method::POST, "/v1/initializations", &[Operator]),
-    (Method::GET, "/v1/initializations/{batch_id}", &[Operator]),
+    (Method::POST, "/v1/initializations", roles(&[Operator])),
+    (
+        Method::GET,
+        "/v1/initializations/{batch_id}",
+        roles(&[Operator]),
+    ),
     (
         Method::GET,
         "/v1/initializations/{batch_id}/events",
-        &[Operator],
+        roles(&[Operator]),
     ),
     (
         Method::POST,
         "/v1/initializations/{batch_id}/cancel",
-        &[Operator],
+        roles(&[Operator]),
     ),
     (
         Method::POST,
         "/v1/initializations/{batch_id}/cards/{card_id}/cancel",
-        &[Operator],
+        roles(&[Operator]),
     ),
     (
         Method::POST,
         "/v1/initializations/{batch_id}/pin-mailers",
-        &[Officer],
+        roles(&[Officer]),
     ),
     (
         Method::POST,
         "/v1/initializations/{batch_id}/pin-mailers/reopen",
-        &[Admin],
+        roles(&[Admin]),
     ),
-    (Method::GET, "/v1/racks", &[Operator]),
+    (Method::GET, "/v1/racks", roles(&[Operator])),
     (
         Method::POST,
         "/v1/racks/{rack_id}/slots/{slot}/release",
-        &[Operator],
+        roles(&[Operator]),
     ),
-    (Method::POST, "/v1/racks/{rack_id}/enrollment", &[Worker]),
-    (Method::GET, "/v1/dead-letters", &[Operator]),
-    (Method::GET, "/v1/audit", &[Auditor]),
-    (Method::GET, "/v1/tokens", &[Admin]),
-    (Method::POST, "/v1/tokens", &[Admin]),
-    (Method::POST, "/v1/tokens/{name}/revoke", &[Admin]),
+    (
+        Method::POST,
+        "/v1/racks/{rack_id}/enrollment",
+        roles(&[Worker]),
+    ),
+    (Method::GET, "/v1/dead-letters", roles(&[Operator])),
+    (Method::GET, "/v1/audit", roles(&[Auditor])),
+    (Method::GET, "/v1/tokens", roles(&[Admin])),
+    (Method::POST, "/v1/tokens", roles(&[Admin])),
+    (Method::POST, "/v1/tokens/{name}/revoke", roles(&[Admin])),
 ];
 
-/// Routes anyone may call.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
-
-/// What a request needs before it reaches its handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Access {
-    Public,
-    /// A valid token holding one of these roles.
-    Roles(&'static [Role]),
-    /// Any valid token (unknown routes and methods).
-    Authenticated,
+/// What the table says of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Access),
+    /// The route exists but not with this method: these methods it has.
+    MethodNotAllowed(Vec<Method>),
+    /// No route: the caller needs a valid token to learn that (404).
+    NoRoute,
 }
 
-pub fn access(method: &Method, route: Option<&str>) -> Access {
+/// Looks a request up in [`ROUTES`]; `route` is the matched template.
+pub fn decide(method: &Method, route: Option<&str>) -> Decision {
     let Some(route) = route else {
-        return Access::Authenticated;
+        return Decision::NoRoute;
     };
-    if PUBLIC_ROUTES.contains(&route) {
-        return Access::Public;
+    let mut allowed = Vec::new();
+    for (m, r, access) in ROUTES {
+        if *r == route {
+            if m == method {
+                return Decision::Allow(*access);
+            }
+            allowed.push(m.clone());
+        }
     }
-    ROUTE_ROLES
-        .iter()
-        .find(|(m, r, _)| m == method && *r == route)
-        .map_or(Access::Authenticated, |(_, _, roles)| Access::Roles(roles))
+    if allowed.is_empty() {
+        Decision::NoRoute
+    } else {
+        Decision::MethodNotAllowed(allowed)
+    }
+}
+
+fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
+    let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+    let mut response = ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed here; use {}", list.join(" or ")),
+    )
+    .into_response();
+    if let Ok(value) = HeaderValue::from_str(&list.join(", ")) {
+        response.headers_mut().insert(header::ALLOW, value);
+    }
+    response
 }
 
 /// The secret of an `Authorization: Bearer` header.
@@ -119,26 +164,40 @@ pub async fn authorize(
         .extensions()
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned());
-    let needed = access(request.method(), route.as_deref());
-    if needed == Access::Public {
-        return next.run(request).await;
-    }
+    let needed = match decide(request.method(), route.as_deref()) {
+        Decision::Allow(Access::Public) => return next.run(request).await,
+        Decision::Allow(Access::Roles(roles)) => Some(roles),
+        Decision::MethodNotAllowed(allowed) => {
+            return method_not_allowed(request.method(), &allowed);
+        }
+        Decision::NoRoute => None,
+    };
     let Some(secret) = bearer(request.headers()) else {
         return ApiError::unauthenticated("send Authorization: Bearer <token>").into_response();
     };
-    let caller = match state.store.authenticate(secret).await {
-        Ok(Some(caller)) => caller,
-        Ok(None) => {
-            return ApiError::unauthenticated(
-                "the token is unknown, revoked, expired or already used",
+    let caller = match state.store.authenticate_checked(secret).await {
+        Ok(Authentication::Valid(caller)) => {
+            crate::api::hardening::record_actor(&caller);
+            caller
+        }
+        Ok(Authentication::Expired) => {
+            return ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "token_expired",
+                "the token has expired; ask an admin for a new one",
             )
             .into_response();
         }
+        Ok(Authentication::Refused) => {
+            return ApiError::unauthenticated("the token is unknown, revoked or already used")
+                .into_response();
+        }
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if let Access::Roles(roles) = needed
-        && !roles.iter().any(|r| caller.has(*r))
-    {
+    let Some(roles) = needed else {
+        return ApiError::not_found("not_found", "no such route").into_response();
+    };
+    if !roles.iter().any(|r| caller.has(*r)) {
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         return ApiError::forbidden(format!(
             "this needs the role {}; the token '{}' does not hold it",
@@ -168,41 +227,74 @@ mod tests {
     use super::*;
 
     #[test]
-    fn each_route_and_method_is_listed_once_and_none_is_public() {
-        for (i, (m, r, roles)) in ROUTE_ROLES.iter().enumerate() {
-            assert!(!roles.is_empty(), "{m} {r} admits nobody");
-            assert!(!PUBLIC_ROUTES.contains(r));
+    fn each_route_and_method_is_listed_once_and_admits_someone() {
+        for (i, (m, r, access)) in ROUTES.iter().enumerate() {
+            if let Access::Roles(roles) = access {
+                assert!(!roles.is_empty(), "{m} {r} admits nobody");
+            }
             assert!(
-                !ROUTE_ROLES[i + 1..]
-                    .iter()
-                    .any(|(m2, r2, _)| m2 == m && r2 == r),
+                !ROUTES[i + 1..].iter().any(|(m2, r2, _)| m2 == m && r2 == r),
                 "{m} {r} listed twice"
             );
         }
     }
 
     #[test]
-    fn workers_may_only_enroll() {
-        let worker_routes: Vec<&str> = ROUTE_ROLES
+    fn only_health_readiness_and_the_description_are_public() {
+        let public: Vec<&str> = ROUTES
             .iter()
-            .filter(|(_, _, roles)| roles.contains(&Worker))
+            .filter(|(_, _, a)| *a == Access::Public)
+            .map(|(_, r, _)| *r)
+            .collect();
+        assert_eq!(public, ["/healthz", "/readyz", "/openapi.json"]);
+        assert!(!ROUTES.iter().any(|(_, r, _)| *r == "/metrics"));
+    }
+
+    #[test]
+    fn workers_may_only_enroll() {
+        let worker_routes: Vec<&str> = ROUTES
+            .iter()
+            .filter(|(_, _, a)| matches!(a, Access::Roles(r) if r.contains(&Worker)))
             .map(|(_, r, _)| *r)
             .collect();
         assert_eq!(worker_routes, ["/v1/racks/{rack_id}/enrollment"]);
     }
 
     #[test]
-    fn unknown_routes_need_a_token_and_health_does_not() {
-        assert_eq!(access(&Method::GET, None), Access::Authenticated);
-        assert_eq!(access(&Method::GET, Some("/healthz")), Access::Public);
+    fn unlisted_methods_are_refused_with_the_ones_that_exist() {
+        assert_eq!(decide(&Method::GET, None), Decision::NoRoute);
         assert_eq!(
-            access(&Method::DELETE, Some("/v1/cards")),
-            Access::Authenticated
+            decide(&Method::GET, Some("/healthz")),
+            Decision::Allow(Access::Public)
         );
         assert_eq!(
-            access(&Method::GET, Some("/v1/audit")),
-            Access::Roles(&[Auditor])
+            decide(&Method::HEAD, Some("/v1/tokens")),
+            Decision::MethodNotAllowed(vec![Method::GET, Method::POST])
         );
+        assert_eq!(
+            decide(&Method::HEAD, Some("/v1/cards/{card_id}/puk")),
+            Decision::MethodNotAllowed(vec![Method::GET])
+        );
+        assert_eq!(
+            decide(&Method::OPTIONS, Some("/healthz")),
+            Decision::MethodNotAllowed(vec![Method::GET])
+        );
+        assert_eq!(
+            decide(&Method::DELETE, Some("/v1/cards")),
+            Decision::MethodNotAllowed(vec![Method::GET])
+        );
+        assert_eq!(
+            decide(&Method::GET, Some("/v1/audit")),
+            Decision::Allow(Access::Roles(&[Auditor]))
+        );
+        assert_eq!(decide(&Method::GET, Some("/v1/unknown")), Decision::NoRoute);
+    }
+
+    #[test]
+    fn a_405_names_the_allowed_methods() {
+        let r = method_not_allowed(&Method::HEAD, &[Method::GET, Method::POST]);
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "GET, POST");
     }
 
     #[test]

@@ -1,10 +1,14 @@
-//! The HTTP API under `/v1`, with health, readiness, metrics and the
-//! OpenAPI document generated from the handlers.
+//! The HTTP API under `/v1`, with health, readiness and the OpenAPI
+//! document generated from the handlers. `/metrics` is served on the
+//! metrics listener only.
 
 pub mod auth;
 pub mod error;
+pub mod hardening;
 mod openapi;
+pub mod ready;
 mod routes;
+pub mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -35,9 +39,13 @@ pub struct AppState {
     pub bus: Option<cardfleet_schemas::bus::Bus>,
     /// How often the event stream looks for new transitions.
     pub events_poll: Duration,
+    /// Expiry of tokens created through the API (`tokens.default_ttl_days`).
+    pub tokens: crate::settings::TokenSettings,
+    /// The last readiness answer (`/readyz`).
+    pub ready: ready::ReadyCache,
 }
 
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+pub fn router(state: AppState, http: &crate::settings::HttpSettings) -> Router {
     let v1 = Router::new()
         .route("/cards/import", post(routes::cards::import))
         .route("/cards", get(routes::cards::list))
@@ -85,20 +93,32 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             get(routes::tokens::list).post(routes::tokens::create),
         )
         .route("/tokens/{name}/revoke", post(routes::tokens::revoke));
-    Router::new()
+    let router = Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
-        .fallback(routes::health::not_found)
-        // Inside `track`, so refused requests are counted too.
+        .fallback(routes::health::not_found);
+    // Layers run outside in: access log, request metrics, time limit,
+    // authorization, then the per-token rate limit (which needs the caller).
+    let router = match hardening::rate_limit(&http.rate_limit) {
+        Some(config) => router.layer(
+            tower_governor::GovernorLayer::new(config).error_handler(hardening::rate_limited),
+        ),
+        None => router,
+    };
+    router
         .layer(middleware::from_fn_with_state(
             state.clone(),
             auth::authorize,
         ))
+        .layer(middleware::from_fn_with_state(
+            Duration::from_secs(http.request_timeout_seconds),
+            hardening::request_timeout,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), track))
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(hardening::access_log())
+        .layer(DefaultBodyLimit::max(http.max_body_bytes))
         .with_state(state)
 }
 

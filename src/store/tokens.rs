@@ -190,6 +190,34 @@ pub struct TokenView {
     pub used_at: Option<DateTime<Utc>>,
 }
 
+/// What a presented secret turned out to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Authentication {
+    Valid(Caller),
+    /// A token that exists and is not revoked, but whose expiry has passed.
+    Expired,
+    /// Unknown, revoked, or a single-use token already used.
+    Refused,
+}
+
+/// Names the services write as audit actors: a token may not take them, so
+/// an audit row by `ledger` is always the ledger's. Names starting with
+/// `cli:` are the command line's (`cli:<user>`).
+pub const RESERVED_TOKEN_NAMES: &[&str] = &[
+    "ledger",
+    "dispatcher",
+    "standalone",
+    "demo",
+    "system",
+    "cli",
+];
+
+/// Whether `name` is one the services use as an audit actor.
+pub fn reserved_token_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    RESERVED_TOKEN_NAMES.contains(&lower.as_str()) || lower.starts_with("cli:")
+}
+
 /// Token names: what audit rows name as actor, so kept plain.
 pub fn valid_token_name(name: &str) -> bool {
     !name.is_empty()
@@ -207,6 +235,15 @@ impl Store {
             return Err(StoreError::Invalid(
                 "token name must be 1 to 64 characters of A-Z, a-z, 0-9, '-', '_', '.', '@'".into(),
             ));
+        }
+        if reserved_token_name(&new.name) {
+            return Err(StoreError::Conflict {
+                code: "reserved_name",
+                message: format!(
+                    "'{}' is a name the services write as audit actor; choose another",
+                    new.name
+                ),
+            });
         }
         if new.roles.is_empty() {
             return Err(StoreError::Invalid(
@@ -260,8 +297,22 @@ impl Store {
     /// The caller a presented secret belongs to, if the token exists, is not
     /// revoked, has not expired and, when single-use, was not used yet.
     pub async fn authenticate(&self, secret: &str) -> Result<Option<Caller>> {
+        Ok(match self.authenticate_checked(secret).await? {
+            Authentication::Valid(caller) => Some(caller),
+            Authentication::Expired | Authentication::Refused => None,
+        })
+    }
+
+    /// As [`Store::authenticate`], telling an expired token apart (its
+    /// holder may learn that: it presented the secret).
+    pub async fn authenticate_checked(&self, secret: &str) -> Result<Authentication> {
         let hash = TokenSecret::from_presented(secret).hash();
-        on_backend!(self, s => s.authenticate(&hash).await)
+        let found = on_backend!(self, s => s.authenticate(&hash).await)?;
+        Ok(match found {
+            Some((caller, false)) => Authentication::Valid(caller),
+            Some((_, true)) => Authentication::Expired,
+            None => Authentication::Refused,
+        })
     }
 
     /// Marks a single-use token used, atomically: `false` when it was used,
@@ -298,6 +349,15 @@ mod tests {
         assert_eq!(a.hash(), TokenSecret::from_presented(a.expose()).hash());
         assert_eq!(a.hash().len(), 64);
         assert!(!format!("{a:?}").contains(&a.expose()[3..]));
+    }
+
+    #[test]
+    fn the_services_audit_names_are_reserved_in_any_case() {
+        for name in ["ledger", "Dispatcher", "STANDALONE", "demo", "cli"] {
+            assert!(reserved_token_name(name), "{name}");
+        }
+        assert!(!reserved_token_name("ledger-reader"));
+        assert!(!reserved_token_name("olga"));
     }
 
     #[test]

@@ -138,7 +138,8 @@ pub async fn rack_key(settings: &WorkerSettings) -> anyhow::Result<RackSecretKey
     }
     match (&settings.worker.api_url, &settings.worker.enrollment_token) {
         (Some(api), Some(token)) => {
-            let done = rack_key::enroll(api, token.expose(), rack_id, &key, path)
+            let tls = settings.worker.api_tls();
+            let done = rack_key::enroll(api, &tls, token.expose(), rack_id, &key, path)
                 .await
                 .context("enrolling the rack key (worker.api_url, worker.enrollment_token)")?;
             tracing::info!(key_id = %done.key_id, "rack key enrolled");

@@ -3,6 +3,7 @@
 //! virtual PIV card with its vpcd bridge.
 
 pub mod apdu;
+pub mod api_tls;
 pub mod app;
 pub mod engine;
 pub mod metrics;

@@ -45,6 +45,13 @@ struct EnrollArgs {
     /// command line, which other users may see.
     #[arg(long, env = "CARDFLEET_ENROLLMENT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// PEM CA certificates to trust for an https:// API (worker.api_ca_file).
+    #[arg(long, value_name = "PEM")]
+    ca_file: Option<PathBuf>,
+    /// Allow a plain http:// API, where a man in the middle could swap the
+    /// rack key (worker.api_insecure).
+    #[arg(long)]
+    insecure: bool,
 }
 
 #[derive(Debug, Args)]
@@ -216,9 +223,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
             let path = settings.worker.key_file.clone();
             let rack = settings.worker.rack_id.clone();
+            let mut tls = settings.worker.api_tls();
+            if let Some(ca) = args.ca_file {
+                tls.ca_file = Some(ca);
+            }
+            tls.insecure |= args.insecure;
             let (key, _) = cardfleet_worker::rack_key::load_or_create(&path)?;
             let done = runtime.block_on(cardfleet_worker::rack_key::enroll(
-                &api, &token, &rack, &key, &path,
+                &api, &tls, &token, &rack, &key, &path,
             ))?;
             println!(
                 "rack {rack} enrolled with key {} ({})",

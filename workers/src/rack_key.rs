@@ -161,12 +161,16 @@ pub enum EnrollError {
     Unreachable { url: String, source: reqwest::Error },
     #[error("cannot record the enrolment beside the key file: {0}")]
     Record(std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::api_tls::ApiTlsError),
 }
 
 /// Enrols the public half of `key` as the key of `rack_id` through the API
 /// at `api_url` with the one-time `token`, then records it beside `key_file`.
+/// `tls` says which CAs to trust and whether plain http is allowed.
 pub async fn enroll(
     api_url: &str,
+    tls: &crate::api_tls::ApiTls,
     token: &str,
     rack_id: &str,
     key: &RackSecretKey,
@@ -175,13 +179,8 @@ pub async fn enroll(
     let base = api_url.trim_end_matches('/');
     let url = format!("{base}/v1/racks/{rack_id}/enrollment");
     let public_key = base64::engine::general_purpose::STANDARD.encode(key.public_key().as_bytes());
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(30))
-        .build()
-        .map_err(|source| EnrollError::Unreachable {
-            url: base.to_owned(),
-            source,
-        })?;
+    tls.check_url(base)?;
+    let client = tls.client(std::time::Duration::from_secs(30))?;
     let response = client
         .post(&url)
         .bearer_auth(token)

@@ -29,6 +29,8 @@ pub struct WorkerSettings {
     pub dispatcher: serde::de::IgnoredAny,
     #[serde(default)]
     pub ledger: serde::de::IgnoredAny,
+    #[serde(default)]
+    pub tokens: serde::de::IgnoredAny,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -65,6 +67,24 @@ pub struct WorkerSection {
     /// One-time enrollment token from `cardfleet racks enroll-token RACK_ID`;
     /// used with `api_url` at start, then no longer needed.
     pub enrollment_token: Option<EnrollmentToken>,
+    /// PEM CA certificates to trust for an `https://` `api_url`, besides
+    /// the system's (the bureau's own CA).
+    #[serde(default)]
+    pub api_ca_file: Option<PathBuf>,
+    /// Allow enrolling over plain `http://` (a man in the middle could swap
+    /// the rack key): only on a network you trust.
+    #[serde(default)]
+    pub api_insecure: bool,
+}
+
+impl WorkerSection {
+    /// The TLS choices for reaching the API.
+    pub fn api_tls(&self) -> crate::api_tls::ApiTls {
+        crate::api_tls::ApiTls {
+            ca_file: self.api_ca_file.clone(),
+            insecure: self.api_insecure,
+        }
+    }
 }
 
 /// A one-time enrollment token: never printed.

@@ -1,4 +1,4 @@
-//! Liveness, readiness, metrics, the OpenAPI document and the 404 fallback.
+//! Liveness, readiness, the OpenAPI document and the 404 fallback.
 
 use std::time::Duration;
 
@@ -11,39 +11,40 @@ use utoipa::OpenApi;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
+use crate::api::ready::Readiness;
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the database answers and the broker accepts a connection.
+/// Ready when the database answers and the broker accepts a connection;
+/// the answer is kept for a few seconds (see [`crate::api::ready`]).
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    let database = matches!(
-        tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
-        Ok(Ok(()))
-    );
-    let broker = match &state.bus {
-        None => true,
-        Some(bus) => matches!(
-            tokio::time::timeout(Duration::from_secs(2), bus.ping()).await,
-            Ok(Ok(()))
-        ),
-    };
-    let status = if database && broker {
+    let readiness = state
+        .ready
+        .get(|| async {
+            let database = matches!(
+                tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await,
+                Ok(Ok(()))
+            );
+            let broker = match &state.bus {
+                None => true,
+                Some(bus) => matches!(
+                    tokio::time::timeout(Duration::from_secs(2), bus.ping()).await,
+                    Ok(Ok(()))
+                ),
+            };
+            Readiness { database, broker }
+        })
+        .await;
+    let status = if readiness.ready() {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(json!({ "database": database, "broker": broker })),
-    )
-}
-
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        state.metrics.render(),
+        Json(json!({ "database": readiness.database, "broker": readiness.broker })),
     )
 }
 

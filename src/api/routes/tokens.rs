@@ -20,6 +20,11 @@ pub struct CreateToken {
     /// One or more of admin, operator, officer, auditor (enrollment tokens
     /// for workers come from `cardfleet racks enroll-token`).
     pub roles: Vec<String>,
+    /// Days until the token expires, 1 to 3650; default
+    /// `tokens.default_ttl_days` (0 there: never).
+    #[serde(default)]
+    #[schema(minimum = 1, maximum = 3650)]
+    pub ttl_days: Option<u32>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -28,6 +33,9 @@ pub struct CreatedToken {
     pub roles: Vec<Role>,
     /// The bearer secret: shown this once, stored only as a hash.
     pub token: String,
+    /// When the token stops working; absent: never.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[utoipa::path(get, path = "/v1/tokens", tag = "tokens", operation_id = "list_tokens",
@@ -38,7 +46,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<TokenView>>,
 
 #[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = CreateToken,
     responses((status = 201, body = CreatedToken), (status = 400, body = crate::api::error::ErrorBody),
-              (status = 409, description = "token_exists", body = crate::api::error::ErrorBody)))]
+              (status = 409, description = "token_exists, or reserved_name: a name the services use as audit actor", body = crate::api::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -56,12 +64,18 @@ pub async fn create(
             "worker tokens are single-use enrollment tokens: use `cardfleet racks enroll-token`",
         ));
     }
+    if body.ttl_days.is_some_and(|d| !(1..=3650).contains(&d)) {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            "ttl_days must be between 1 and 3650",
+        ));
+    }
     let new = NewToken {
         name: body.name,
         roles,
         rack_id: None,
         single_use: false,
-        expires_at: None,
+        expires_at: state.tokens.expiry(body.ttl_days),
     };
     let secret = state.store.create_token(&new, &caller.name).await?;
     tracing::info!(token = %new.name, actor = %caller.name, "API token created");
@@ -71,6 +85,7 @@ pub async fn create(
             name: new.name,
             roles: new.roles,
             token: secret.expose().to_owned(),
+            expires_at: new.expires_at,
         }),
     )
         .into_response();

@@ -98,24 +98,32 @@ impl PgStore {
         )
     }
 
-    pub(in crate::store) async fn authenticate(&self, hash: &str) -> Result<Option<Caller>> {
+    /// The token's caller and whether it has expired.
+    pub(in crate::store) async fn authenticate(
+        &self,
+        hash: &str,
+    ) -> Result<Option<(Caller, bool)>> {
         let row = sqlx::query(
-            "SELECT id, name, roles, rack_id, single_use FROM api_tokens
+            "SELECT id, name, roles, rack_id, single_use,
+                    (expires_at IS NOT NULL AND expires_at <= now()) AS expired
+             FROM api_tokens
              WHERE token_hash = $1 AND revoked_at IS NULL
-               AND (expires_at IS NULL OR expires_at > now())
                AND NOT (single_use AND used_at IS NOT NULL)",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
         row.map(|r| {
-            Ok(Caller {
-                token_id: r.try_get("id")?,
-                name: r.try_get("name")?,
-                roles: parse_roles(r.try_get("roles")?),
-                rack_id: r.try_get("rack_id")?,
-                single_use: r.try_get("single_use")?,
-            })
+            Ok((
+                Caller {
+                    token_id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    roles: parse_roles(r.try_get("roles")?),
+                    rack_id: r.try_get("rack_id")?,
+                    single_use: r.try_get("single_use")?,
+                },
+                r.try_get::<bool, _>("expired")?,
+            ))
         })
         .transpose()
     }
