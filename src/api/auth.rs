@@ -71,10 +71,26 @@ pub const ROUTE_ROLES: &[(Method, &str, &[Role])] = &[
     (Method::GET, "/v1/tokens", &[Admin]),
     (Method::POST, "/v1/tokens", &[Admin]),
     (Method::POST, "/v1/tokens/{name}/revoke", &[Admin]),
+    (Method::GET, "/v1/me", &[Admin, Operator, Officer, Auditor]),
+    (Method::POST, "/v1/dead-letters/{id}/redrive", &[Operator]),
+    (
+        Method::POST,
+        "/v1/racks/{rack_id}/enrollment-tokens",
+        &[Admin],
+    ),
 ];
 
 /// Routes anyone may call.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics", "/openapi.json"];
+pub const PUBLIC_ROUTES: &[&str] = &[
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+    // The console's page and assets; its data comes from /v1 with a token.
+    "/console",
+    "/console/",
+    "/console/{asset}",
+];
 
 /// What a request needs before it reaches its handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,13 +84,22 @@ pub fn router(state: AppState, max_body_bytes: usize) -> Router {
             "/tokens",
             get(routes::tokens::list).post(routes::tokens::create),
         )
-        .route("/tokens/{name}/revoke", post(routes::tokens::revoke));
+        .route("/tokens/{name}/revoke", post(routes::tokens::revoke))
+        .route("/me", get(routes::me::me))
+        .route("/dead-letters/{id}/redrive", post(routes::redrive::redrive))
+        .route(
+            "/racks/{rack_id}/enrollment-tokens",
+            post(routes::enrollment_tokens::create),
+        );
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/metrics", get(routes::health::metrics))
         .route("/openapi.json", get(routes::health::openapi))
+        .route("/console", get(crate::console::redirect))
+        .route("/console/", get(crate::console::index))
+        .route("/console/{asset}", get(crate::console::asset))
         .fallback(routes::health::not_found)
         // Inside `track`, so refused requests are counted too.
         .layer(middleware::from_fn_with_state(
