@@ -366,6 +366,7 @@ impl Browser {
     }
 
     async fn screenshot(&self, name: &str) {
+        self.js("window.scrollTo(0, 0); return true").await;
         let png = self.c().screenshot().await.unwrap();
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
@@ -662,6 +663,51 @@ async fn an_admin_disables_the_process_and_the_operators_initialize_is_refused_w
         "return document.getElementById('process-state').textContent === 'enabled'",
     )
     .await;
+    // Tokens: one made here works until it is revoked here.
+    b.type_into("new-token-name", "night-auditor").await;
+    b.click_css("#token-form input[value=\"auditor\"]").await;
+    b.click("token-create").await;
+    b.until(
+        "the secret is shown once",
+        "return !document.getElementById('new-token').hidden",
+    )
+    .await;
+    let shown = b.text("new-token").await;
+    let secret = shown.rsplit(' ').next().unwrap().to_owned();
+    let (status, me) = app
+        .call(&secret, reqwest::Method::GET, "/v1/me", None)
+        .await;
+    assert_eq!(
+        (status, me["roles"].clone()),
+        (200, json!(["auditor"])),
+        "{me}"
+    );
+    b.until(
+        "the token is listed",
+        "return !!document.querySelector('#tokens tr[data-token=\"night-auditor\"] button')",
+    )
+    .await;
+    b.click_css("#tokens tr[data-token=\"night-auditor\"] button")
+        .await;
+    b.until(
+        "the token is revoked",
+        "const r = document.querySelector('#tokens tr[data-token=\"night-auditor\"]'); return !!r && r.textContent.includes('revoked')",
+    )
+    .await;
+    let (status, _) = app
+        .call(&secret, reqwest::Method::GET, "/v1/me", None)
+        .await;
+    assert_eq!(status, 401, "a revoked token is refused");
+    // A rack enrolment token, shown once.
+    b.type_into("enroll-rack", "rack-7").await;
+    b.click("enroll-create").await;
+    b.until(
+        "the enrolment token is shown",
+        "return !document.getElementById('enroll-token').hidden",
+    )
+    .await;
+    assert!(b.text("enroll-token").await.contains("rack rack-7"));
+    b.screenshot("admin").await;
     b.sign_out().await;
 
     b.sign_in(&app.operator).await;
@@ -713,6 +759,7 @@ async fn an_officer_reads_a_puk_with_a_reason_and_the_audit_shows_it() {
         )
         .await;
     assert_eq!(status, 202, "{body}");
+    let batch = body["batch_id"].as_str().unwrap().to_owned();
     let deadline = Instant::now() + WAIT;
     while app.cards("state=unassigned").await.is_empty() {
         assert!(
@@ -740,6 +787,20 @@ async fn an_officer_reads_a_puk_with_a_reason_and_the_audit_shows_it() {
         puk.len() >= 6 && puk.chars().all(|c| c.is_ascii_digit()),
         "{shown}"
     );
+    // PIN mailers are released once; a second release is refused.
+    b.type_into("mailers-batch", &batch).await;
+    b.click("mailers-release").await;
+    b.until(
+        "the release is confirmed",
+        "return document.getElementById('message').textContent.startsWith('Released 1 PIN letters')",
+    )
+    .await;
+    b.click("mailers-release").await;
+    b.until(
+        "the second release is refused",
+        "return document.getElementById('message').textContent.includes('mailers_already_released')",
+    )
+    .await;
     // Shown once: leaving the view forgets it.
     b.click("tab-audit").await;
     assert_eq!(

@@ -424,6 +424,11 @@ async function refreshFleet() {
   }
   const body = $("dead-letters").tBodies[0];
   body.replaceChildren();
+  if (dead.length === 0) {
+    const tr = el("tr");
+    tr.append(el("td", "No dead letters.", { colspan: "6" }));
+    body.append(tr);
+  }
   for (const d of dead) {
     const tr = el("tr");
     const details = el("details");
