@@ -707,6 +707,19 @@ async fn an_admin_disables_the_process_and_the_operators_initialize_is_refused_w
     )
     .await;
     assert!(b.text("enroll-token").await.contains("rack rack-7"));
+    // Listing the tokens again (with the expiring enrolment token) worked.
+    b.until(
+        "the enrolment token is listed",
+        "return !!document.querySelector('#tokens tr[data-token^=\"enroll-rack-7-\"]')",
+    )
+    .await;
+    assert_eq!(
+        b.js("return document.getElementById('message').className")
+            .await,
+        "info",
+        "no error was shown: {}",
+        b.text("message").await
+    );
     b.screenshot("admin").await;
     b.sign_out().await;
 
