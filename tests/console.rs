@@ -304,14 +304,22 @@ impl Browser {
             .unwrap();
     }
 
+    /// Clicks the element `css` selects; tries again (boundedly) when a
+    /// live view replaced it between finding and clicking.
     async fn click_css(&self, css: &str) {
-        self.c()
-            .find(Locator::Css(css))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        let mut last = None;
+        for _ in 0..20 {
+            let clicked = match self.c().find(Locator::Css(css)).await {
+                Ok(element) => element.click().await,
+                Err(e) => Err(e),
+            };
+            match clicked {
+                Ok(()) => return,
+                Err(e) => last = Some(e),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("cannot click {css}: {last:?}");
     }
 
     async fn type_into(&self, id: &str, text: &str) {
@@ -328,14 +336,20 @@ impl Browser {
         self.c().execute(script, vec![]).await.unwrap()
     }
 
+    /// The element's rendered text, read in one script: live views rebuild
+    /// their elements every second, so a found element may go stale.
     async fn text(&self, id: &str) -> String {
-        self.c()
-            .find(Locator::Id(id))
+        let text = self
+            .c()
+            .execute(
+                "const e = document.getElementById(arguments[0]); return e ? e.innerText : null",
+                vec![json!(id)],
+            )
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+            .unwrap();
+        text.as_str()
+            .unwrap_or_else(|| panic!("no element #{id}"))
+            .to_owned()
     }
 
     async fn displayed(&self, id: &str) -> bool {
