@@ -1,8 +1,8 @@
 //! Authentication and authorization of API requests: a bearer token names a
 //! caller with roles, and one table says which roles each route admits.
 //! Routes missing from the table admit any valid token (an unknown path is
-//! then a 404, a wrong method a 405); only health, readiness, metrics and the
-//! OpenAPI document are open to everyone.
+//! then a 404, a wrong method a 405); only health, readiness, metrics, the
+//! OpenAPI document and the console's page and files are open to everyone.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
