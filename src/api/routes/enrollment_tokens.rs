@@ -29,7 +29,7 @@ pub struct EnrollmentToken {
 }
 
 /// Creates a single-use enrollment token for a rack's worker (role admin).
-#[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment-tokens", tag = "racks",
+#[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment-tokens", tag = "racks", operation_id = "create_enrollment_token",
     params(("rack_id" = String, Path)), request_body = EnrollmentTokenRequest,
     responses((status = 201, body = EnrollmentToken), (status = 400, body = crate::api::error::ErrorBody)))]
 pub async fn create(
