@@ -117,6 +117,9 @@ pub enum Command {
         #[command(subcommand)]
         command: crate::keys::KeysCommand,
     },
+    /// Operator commands over the API (src/ops.rs).
+    #[command(flatten)]
+    Ops(crate::ops::OpsCommand),
     /// Print the RabbitMQ topology as definitions for `rabbitmqctl import_definitions`.
     Topology {
         #[arg(long, default_value = "/")]
@@ -139,6 +142,8 @@ pub enum CardsCommand {
         #[arg(long, default_value_t = 0)]
         offset: i64,
     },
+    /// Show a card and its jobs.
+    Show { card_id: String },
 }
 
 /// Where commands that work on the database directly find it.
@@ -179,6 +184,10 @@ pub enum RacksCommand {
         #[arg(long, default_value_t = 24)]
         ttl_hours: u32,
     },
+    /// List racks, their heartbeat age and slots (over the API).
+    List,
+    /// Put a quarantined slot back into service (over the API).
+    Release { rack_id: String, slot: u16 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +246,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 slots = worker.reader.slots,
                 "cardfleet standalone listening"
             );
+            if let Some(port) = app.port() {
+                let host = match settings.http.listen.ip() {
+                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
+                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+                    ip => ip.to_string(),
+                };
+                tracing::info!(url = %format!("http://{host}:{port}/console/"), "operator console");
+            }
             let shutdown = CancellationToken::new();
             let token = shutdown.clone();
             tokio::spawn(async move {
@@ -288,6 +305,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Tokens { database, command } => {
             let (store, settings) = direct_store(cli.config.as_deref(), &database).await?;
             tokens_command(&store, &settings.tokens, command).await
+        }
+        Command::Racks {
+            command: command @ (RacksCommand::List | RacksCommand::Release { .. }),
+            ..
+        } => {
+            let api = ApiClient::new(&cli.api, cli.token.as_deref())?;
+            match command {
+                RacksCommand::Release { rack_id, slot } => {
+                    crate::ops::release_slot(&api, &rack_id, slot).await
+                }
+                _ => crate::ops::list_racks(&api).await,
+            }
         }
         Command::Racks { database, command } => {
             let (store, _) = direct_store(cli.config.as_deref(), &database).await?;
@@ -432,10 +461,13 @@ async fn racks_command(store: &crate::store::Store, command: RacksCommand) -> an
             println!("{}", secret.expose());
             Ok(())
         }
+        RacksCommand::List | RacksCommand::Release { .. } => {
+            bail!("racks list and racks release work over the API")
+        }
     }
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -507,6 +539,10 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
             }
             Ok(())
         }
+        Command::Cards {
+            command: CardsCommand::Show { card_id },
+        } => crate::ops::show_card(api, &card_id).await,
+        Command::Ops(command) => crate::ops::run(api, command).await,
         Command::Process { command } => {
             let path = "/v1/processes/initialize-temporary-card";
             let setting: Value = match command {

@@ -128,6 +128,31 @@ impl ApiClient {
         .await
     }
 
+    /// A POST without a body whose answer is not JSON (PIN mailers, 202s);
+    /// errors are reported as by the other calls.
+    pub async fn post_for_text(&self, path: &str) -> anyhow::Result<String> {
+        let mut request = self.http.post(format!("{}{}", self.base, path));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the cardfleet API at {} (--api)", self.base))?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            bail!(
+                "{}: {} (HTTP {})",
+                error["code"].as_str().unwrap_or("http_error"),
+                error["message"].as_str().unwrap_or(status.as_str()),
+                status.as_u16()
+            );
+        }
+        Ok(text)
+    }
+
     pub async fn post_raw<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -40,6 +40,10 @@ pub struct DemoOptions {
     /// Keep the database in DIR (must not hold one yet) and say how to inspect it.
     #[arg(long, value_name = "DIR")]
     pub keep: Option<PathBuf>,
+    /// After the batch, keep the API and the console at /console/ running
+    /// (printing an operator token to sign in with) until Ctrl-C.
+    #[arg(long)]
+    pub stay: bool,
 }
 
 /// Key generation and re-insertion, in APDUs, as on real cards and racks.
@@ -167,38 +171,61 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
         "  standalone API on http://127.0.0.1:{port}  (SQLite in {})",
         dir.path.display()
     );
+    println!("  console on http://127.0.0.1:{port}/console/");
     let tokens = demo_tokens(&store).await;
-    let outcome = match tokens {
+    let outcome = match &tokens {
         Ok(tokens) => {
             println!(
                 "  admin token (roles admin; shown once): {}",
                 tokens.admin.expose()
             );
-            drive(
-                options,
-                &format!("http://127.0.0.1:{port}"),
-                &store,
-                &tokens,
-            )
-            .await
+            drive(options, &format!("http://127.0.0.1:{port}"), &store, tokens).await
         }
-        Err(e) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("cannot create the demo tokens: {e}")),
     };
+    // With --stay, the summary comes first and the API keeps running.
+    let mut stayed = None;
+    if let (true, Ok((batch, elapsed)), Ok(tokens)) = (options.stay, &outcome, &tokens) {
+        let summary = summarize(
+            &store,
+            *batch,
+            options.cards,
+            *elapsed,
+            &worker_metrics,
+            &rack,
+        )
+        .await?;
+        print_summary(&summary);
+        println!("\nThe console stays up: open http://127.0.0.1:{port}/console/ and sign in with");
+        println!(
+            "  operator token (roles operator; shown once): {}",
+            tokens.operator.expose()
+        );
+        println!("  or the admin token above. Press Ctrl-C to stop.");
+        crate::cli::wait_for_signal().await;
+        stayed = Some(summary);
+    }
     shutdown.cancel();
     let stopped = running.await;
     let (batch, elapsed) = outcome?;
     stopped.context("standalone mode failed")??;
 
-    let summary = summarize(
-        &store,
-        batch,
-        options.cards,
-        elapsed,
-        &worker_metrics,
-        &rack,
-    )
-    .await?;
-    print_summary(&summary);
+    let summary = match stayed {
+        Some(summary) => summary,
+        None => {
+            let summary = summarize(
+                &store,
+                batch,
+                options.cards,
+                elapsed,
+                &worker_metrics,
+                &rack,
+            )
+            .await?;
+            print_summary(&summary);
+            summary
+        }
+    };
     if dir.keep {
         let db = dir.path.join(standalone::DATABASE_FILE);
         println!(
@@ -388,6 +415,7 @@ async fn count_state(store: &crate::store::Store, state: CardState) -> anyhow::R
                 state: Some(state),
                 limit: 1000,
                 offset,
+                ..CardFilter::default()
             })
             .await?;
         total += page.len() as u64;

@@ -418,6 +418,7 @@ impl Hopper {
                     state: Some(CardState::Initializing),
                     limit: Self::PAGE,
                     offset,
+                    ..CardFilter::default()
                 })
                 .await?;
             let n = page.len();

@@ -216,6 +216,27 @@ async fn every_endpoint_admits_exactly_its_roles_and_nothing_without_a_token() {
             body: None,
             allowed: &[Admin],
         },
+        Endpoint {
+            method: Method::GET,
+            route: "/v1/me",
+            path: "/v1/me".into(),
+            body: None,
+            allowed: &[Admin, Operator, Officer, Auditor],
+        },
+        Endpoint {
+            method: Method::POST,
+            route: "/v1/dead-letters/{id}/redrive",
+            path: "/v1/dead-letters/999999/redrive".into(),
+            body: None,
+            allowed: &[Operator],
+        },
+        Endpoint {
+            method: Method::POST,
+            route: "/v1/racks/{rack_id}/enrollment-tokens",
+            path: "/v1/racks/rack-m/enrollment-tokens".into(),
+            body: Some(json!({ "ttl_hours": 1 })),
+            allowed: &[Admin],
+        },
     ];
 
     // The matrix covers every protected route of the access table, and the

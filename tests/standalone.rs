@@ -381,3 +381,71 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
         );
     }
 }
+
+#[tokio::test]
+async fn the_demo_stays_up_with_its_console_until_interrupted() {
+    use std::io::BufRead;
+    let mut child = cardfleet()
+        .args(["demo", "--cards", "3", "--card-latency", "0", "--stay"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (lines, seen) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if lines.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let (mut console, mut operator) = (None, None);
+    while console.is_none() || operator.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = seen
+            .recv_timeout(left)
+            .expect("the demo prints its console URL and an operator token");
+        if let Some(url) = line.trim().strip_prefix("console on ") {
+            console = Some(url.to_owned());
+        }
+        if let Some((_, token)) = line.split_once("operator token (roles operator; shown once): ") {
+            operator = Some(token.trim().to_owned());
+        }
+    }
+    let (console, operator) = (console.unwrap(), operator.unwrap());
+    let page = reqwest::get(&console).await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("cardfleet"));
+    // The printed token signs in: the batch's cards are there, unassigned.
+    let api = console.trim_end_matches("/console/");
+    let cards: Value = reqwest::Client::new()
+        .get(format!("{api}/v1/cards?state=unassigned"))
+        .bearer_auth(&operator)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cards.as_array().unwrap().len(), 3, "{cards}");
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the demo did not stop on SIGINT");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}

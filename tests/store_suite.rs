@@ -242,6 +242,7 @@ impl Db {
                 state,
                 limit: 100_000,
                 offset: 0,
+                ..CardFilter::default()
             })
             .await
             .unwrap()
@@ -507,6 +508,7 @@ async fn cards_list_by_type_and_state_in_id_order_with_paging(db: Db) {
         state: None,
         limit,
         offset,
+        ..CardFilter::default()
     };
     let second = db
         .store

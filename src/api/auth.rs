@@ -3,7 +3,8 @@
 //! roles it admits or that it is public. Deny by default: a method the table
 //! does not list for a route is refused with 405 before any handler runs
 //! (HEAD and OPTIONS included); a path that is no route needs a valid token
-//! and then gets 404.
+//! and then gets 404. The console's page and files are public; its data
+//! comes from /v1 with a token.
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
@@ -97,6 +98,25 @@ pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/tokens", roles(&[Admin])),
     (Method::POST, "/v1/tokens", roles(&[Admin])),
     (Method::POST, "/v1/tokens/{name}/revoke", roles(&[Admin])),
+    (
+        Method::GET,
+        "/v1/me",
+        roles(&[Admin, Operator, Officer, Auditor]),
+    ),
+    (
+        Method::POST,
+        "/v1/dead-letters/{id}/redrive",
+        roles(&[Operator]),
+    ),
+    (
+        Method::POST,
+        "/v1/racks/{rack_id}/enrollment-tokens",
+        roles(&[Admin]),
+    ),
+    // The console's page and assets; its data comes from /v1 with a token.
+    (Method::GET, "/console", Access::Public),
+    (Method::GET, "/console/", Access::Public),
+    (Method::GET, "/console/{asset}", Access::Public),
 ];
 
 /// What the table says of a request.

@@ -92,12 +92,21 @@ pub fn router(state: AppState, http: &crate::settings::HttpSettings) -> Router {
             "/tokens",
             get(routes::tokens::list).post(routes::tokens::create),
         )
-        .route("/tokens/{name}/revoke", post(routes::tokens::revoke));
+        .route("/tokens/{name}/revoke", post(routes::tokens::revoke))
+        .route("/me", get(routes::me::me))
+        .route("/dead-letters/{id}/redrive", post(routes::redrive::redrive))
+        .route(
+            "/racks/{rack_id}/enrollment-tokens",
+            post(routes::enrollment_tokens::create),
+        );
     let router = Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(routes::health::healthz))
         .route("/readyz", get(routes::health::readyz))
         .route("/openapi.json", get(routes::health::openapi))
+        .route("/console", get(crate::console::redirect))
+        .route("/console/", get(crate::console::index))
+        .route("/console/{asset}", get(crate::console::asset))
         .fallback(routes::health::not_found);
     // Layers run outside in: access log, request metrics, time limit,
     // authorization, then the per-token rate limit (which needs the caller).

@@ -4,7 +4,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::error::ErrorBody;
-use crate::api::routes::{audit, cards, escrow, initializations, processes, racks, tokens};
+use crate::api::routes::{
+    audit, cards, enrollment_tokens, escrow, initializations, me, processes, racks, redrive, tokens,
+};
 use crate::domain::{CardState, JobState};
 use crate::store::audit::AuditEntry;
 use crate::store::cards::{CardDetail, CardSummary, ImportOutcome, JobHistoryEntry, RowRejection};
@@ -47,6 +49,9 @@ use crate::store::tokens::{Role, TokenView};
         tokens::list,
         tokens::create,
         tokens::revoke,
+        me::me,
+        redrive::redrive,
+        enrollment_tokens::create,
     ),
     components(schemas(
         ErrorBody,
@@ -80,6 +85,10 @@ use crate::store::tokens::{Role, TokenView};
         TokenView,
         tokens::CreateToken,
         tokens::CreatedToken,
+        me::Me,
+        redrive::Redriven,
+        enrollment_tokens::EnrollmentTokenRequest,
+        enrollment_tokens::EnrollmentToken,
     ))
 )]
 #[derive(Debug)]

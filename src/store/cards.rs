@@ -76,6 +76,12 @@ pub struct CardDetail {
 pub struct CardFilter {
     pub card_type: Option<String>,
     pub state: Option<CardState>,
+    /// Exact card number.
+    pub card_number: Option<String>,
+    /// Exact chip serial.
+    pub chip_serial: Option<String>,
+    /// Cards that have a job in this batch.
+    pub batch_id: Option<Uuid>,
     pub limit: i64,
     pub offset: i64,
 }

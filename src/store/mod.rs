@@ -14,6 +14,7 @@ pub mod postgres;
 pub mod rack_keys;
 pub mod racks;
 pub mod recovery;
+pub mod redrive;
 pub mod rotation;
 pub mod sqlite;
 pub mod tokens;

@@ -46,6 +46,11 @@ pub struct DeadLetterView {
     pub message_id: Option<String>,
     /// The message as received; job messages are listed without their secrets.
     pub payload: String,
+    /// When an operator sent it again (once only), and who.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redriven_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redriven_by: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

@@ -176,6 +176,12 @@ pub struct ListQuery {
     pub card_type: Option<String>,
     /// `produced`, `initializing`, `unassigned` or `failed`.
     pub state: Option<String>,
+    /// Exact card number.
+    pub card_number: Option<String>,
+    /// Exact chip serial.
+    pub chip_serial: Option<String>,
+    /// Cards with a job in this initialize request.
+    pub batch_id: Option<Uuid>,
     pub limit: Option<i64>,
     pub offset: Option<i64>,
 }
@@ -203,10 +209,18 @@ pub async fn list(
     let filter = CardFilter {
         card_type: q.card_type,
         state: card_state,
+        card_number: non_empty(q.card_number),
+        chip_serial: non_empty(q.chip_serial),
+        batch_id: q.batch_id,
         limit,
         offset,
     };
     Ok(Json(state.store.list_cards(&filter).await?))
+}
+
+/// A search field left empty means "any".
+fn non_empty(field: Option<String>) -> Option<String> {
+    field.map(|f| f.trim().to_owned()).filter(|f| !f.is_empty())
 }
 
 #[utoipa::path(get, path = "/v1/cards/{card_id}", tag = "cards",

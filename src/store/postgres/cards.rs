@@ -61,12 +61,17 @@ impl PgStore {
         let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
             "SELECT {CARD_COLUMNS} FROM cards
              WHERE ($1::text IS NULL OR card_type = $1) AND ($2::text IS NULL OR state = $2)
+               AND ($5::text IS NULL OR card_number = $5) AND ($6::text IS NULL OR chip_serial = $6)
+               AND ($7::uuid IS NULL OR id IN (SELECT card_id FROM jobs WHERE batch_id = $7))
              ORDER BY id LIMIT $3 OFFSET $4"
         )))
         .bind(filter.card_type.as_deref())
         .bind(filter.state.map(CardState::as_str))
         .bind(filter.limit)
         .bind(filter.offset)
+        .bind(filter.card_number.as_deref())
+        .bind(filter.chip_serial.as_deref())
+        .bind(filter.batch_id)
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(card_from_row).collect()

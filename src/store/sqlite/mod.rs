@@ -16,6 +16,7 @@ mod ledger;
 mod rack_keys;
 mod racks;
 mod recovery;
+mod redrive;
 mod rotation;
 mod tokens;
 

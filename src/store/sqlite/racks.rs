@@ -213,8 +213,8 @@ impl SqliteStore {
         offset: i64,
     ) -> Result<Vec<DeadLetterView>> {
         let rows = sqlx::query(
-            "SELECT id, received_at, source, reason, message_id, payload FROM dead_letters
-             ORDER BY id DESC LIMIT $1 OFFSET $2",
+            "SELECT id, received_at, source, reason, message_id, payload, redriven_at, redriven_by
+             FROM dead_letters ORDER BY id DESC LIMIT $1 OFFSET $2",
         )
         .bind(limit)
         .bind(offset)
@@ -229,6 +229,8 @@ impl SqliteStore {
                     reason: r.try_get("reason")?,
                     message_id: r.try_get("message_id")?,
                     payload: r.try_get("payload")?,
+                    redriven_at: r.try_get("redriven_at")?,
+                    redriven_by: r.try_get("redriven_by")?,
                 })
             })
             .collect()

@@ -10,7 +10,7 @@ use crate::store::{AuditRows, Result, StoreError};
 
 /// A time as the schema stores it (see the migrations), so text order is time order.
 pub(super) fn stored_time(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%.3fZ").to_string()
+    t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
 }
 
 impl SqliteStore {
