@@ -1024,6 +1024,8 @@ fn fill(route: &str, card: Uuid) -> String {
         .replace("{rack_id}", "rack-x")
         .replace("{slot}", "0")
         .replace("{name}", "nobody")
+        .replace("{id}", "1")
+        .replace("{asset}", "app.js")
 }
 
 #[tokio::test]
