@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -21,15 +21,15 @@ pub struct Settings {
     pub log: LogSettings,
     /// The worker's sections: one configuration file or environment may
     /// serve both programs (and standalone mode runs both in one process).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub worker: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub reader: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub simulated: serde::de::IgnoredAny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/cardfleet`.
@@ -39,10 +39,12 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL with vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    /// RabbitMQ URL with vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`,
+    /// or several separated by commas (the nodes of a cluster), tried in
+    /// order at every connect and reconnect.
     pub url: String,
     /// Deliveries of one job before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
@@ -62,7 +64,7 @@ impl AmqpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
@@ -72,7 +74,7 @@ pub struct HttpSettings {
     pub max_body_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Where `/metrics` is served besides the API port; empty to disable.
@@ -82,7 +84,7 @@ pub struct MetricsSettings {
     pub refresh_seconds: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSettings {
     /// Id stored with every encrypted credential.
@@ -120,14 +122,14 @@ impl std::fmt::Debug for CredentialSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSettings {
     /// Directory of `*.toml` profiles; the built-in ones are always there.
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatcherSettings {
     /// Outbox rows published per round, all in flight at once.
@@ -136,7 +138,7 @@ pub struct DispatcherSettings {
     pub poll_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSettings {
     /// Results applied per database transaction at most.
@@ -145,7 +147,7 @@ pub struct LedgerSettings {
     pub batch_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `tracing` filter, e.g. `info,cardfleet=debug`.
@@ -248,6 +250,9 @@ impl Settings {
 
     fn check(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(problem) = cardfleet_schemas::amqp::url_problem(&self.amqp.url) {
+            return bad("amqp.url", problem);
+        }
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
             return bad("amqp.tls", problem);
         }
