@@ -49,7 +49,11 @@ async fn an_endpoint_that_never_answers_is_given_up_after_the_timeout() {
     );
     let conn = tokio::time::timeout(
         Duration::from_secs(30),
-        connect_endpoint_within(&Endpoint::plain(url), "url-list-test", Duration::from_secs(1)),
+        connect_endpoint_within(
+            &Endpoint::plain(url),
+            "url-list-test",
+            Duration::from_secs(1),
+        ),
     )
     .await
     .expect("the connect itself is bounded")

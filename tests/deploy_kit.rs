@@ -117,10 +117,8 @@ fn the_example_worker_configuration_loads_and_sets_every_default() {
     .expect("the example worker configuration loads");
     assert_eq!(settings.reader.slots, 16);
     // One file may serve both programs: each ignores the other's sections.
-    let worker = cardfleet_worker::settings::WorkerSettings::load(
-        Some(&repo("config/cardfleet.toml")),
-        &[],
-    );
+    let worker =
+        cardfleet_worker::settings::WorkerSettings::load(Some(&repo("config/cardfleet.toml")), &[]);
     assert!(worker.is_ok(), "{:?}", worker.err());
     let file = repo("config/cardfleet-worker.toml");
     let out = cardfleet(
@@ -153,11 +151,18 @@ fn config_check_redacts_url_passwords_and_names_a_bad_key() {
         assert!(!stdout.contains(secret), "{secret} printed:\n{stdout}");
         assert!(!stderr.contains(secret), "{secret} printed:\n{stderr}");
     }
-    assert!(stdout.contains("amqp://rack:<redacted>@10.0.0.2:5672/%2f"), "{stdout}");
+    assert!(
+        stdout.contains("amqp://rack:<redacted>@10.0.0.2:5672/%2f"),
+        "{stdout}"
+    );
 
     let out = cardfleet(
         &["config", "check"],
-        &[secrets()[0], secrets()[1], ("CARDFLEET__AMQP__URL", "http://x/")],
+        &[
+            secrets()[0],
+            secrets()[1],
+            ("CARDFLEET__AMQP__URL", "http://x/"),
+        ],
     );
     assert!(!out.status.success());
     assert!(text(&out).1.contains("amqp.url"), "{}", text(&out).1);
@@ -193,7 +198,11 @@ fn compose(env: &[(&str, &str)]) -> Output {
     command
         .arg("--env-file")
         .arg(&empty)
-        .args(["-f", repo("deploy/compose.yaml").to_str().unwrap(), "config"])
+        .args([
+            "-f",
+            repo("deploy/compose.yaml").to_str().unwrap(),
+            "config",
+        ])
         .envs(env.iter().copied())
         .output()
         .expect("docker-compose runs (scripts/test installs it)")
@@ -229,8 +238,15 @@ fn docker_compose_accepts_the_compose_file_and_refuses_to_run_without_secrets() 
         );
     }
     let out = compose(&env[1..]);
-    assert!(!out.status.success(), "compose ran without POSTGRES_PASSWORD");
-    assert!(text(&out).1.contains("POSTGRES_PASSWORD"), "{}", text(&out).1);
+    assert!(
+        !out.status.success(),
+        "compose ran without POSTGRES_PASSWORD"
+    );
+    assert!(
+        text(&out).1.contains("POSTGRES_PASSWORD"),
+        "{}",
+        text(&out).1
+    );
 }
 
 /// The service names of docker-compose's resolved YAML (the keys indented
@@ -313,7 +329,12 @@ fn the_dockerfiles_are_multi_stage_non_root_and_the_worker_has_pcsc() {
         assert!(runtime.contains(runtime_lib), "{file} lacks {runtime_lib}");
     }
     let out = Command::new("sh")
-        .args(["-n", repo("deploy/compose/worker-entrypoint.sh").to_str().unwrap()])
+        .args([
+            "-n",
+            repo("deploy/compose/worker-entrypoint.sh")
+                .to_str()
+                .unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", text(&out).1);

@@ -45,7 +45,10 @@ fn the_example_configuration_passes_and_prints_without_secrets() {
         Some("<redacted>")
     );
     for secret in ["cf_enrol_secret_42", "mq-pass"] {
-        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret}");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret}"
+        );
     }
 }
 
