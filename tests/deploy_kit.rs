@@ -193,7 +193,8 @@ fn compose(env: &[(&str, &str)]) -> Output {
         command.env_remove(var);
     }
     // An empty env file, so a deploy/.env of this checkout plays no part.
-    let empty = std::env::temp_dir().join(format!("cf-compose-{}.env", std::process::id()));
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.env");
     std::fs::write(&empty, "").unwrap();
     command
         .arg("--env-file")
