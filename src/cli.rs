@@ -120,11 +120,24 @@ pub enum Command {
     /// Operator commands over the API (src/ops.rs).
     #[command(flatten)]
     Ops(crate::ops::OpsCommand),
+    /// Configuration: `config check` validates it and prints it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
     /// Print the RabbitMQ topology as definitions for `rabbitmqctl import_definitions`.
     Topology {
         #[arg(long, default_value = "/")]
         vhost: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Load and validate the configuration (defaults, `--config` file or
+    /// ./cardfleet.toml, environment) and print the effective settings with
+    /// secrets redacted; exits non-zero naming the key when something is wrong.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -292,6 +305,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys { command } => crate::keys::run(cli.config.as_deref(), command).await,
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let text = cardfleet_schemas::redact::to_redacted_toml(&settings)
+                .map_err(|e| anyhow::anyhow!("cannot print the configuration: {e}"))?;
+            println!("# cardfleet: effective configuration (secrets redacted)\n{text}");
+            eprintln!("configuration ok");
+            Ok(())
+        }
         Command::Topology { vhost } => {
             let limit = Settings::load(cli.config.as_deref())
                 .map(|s| s.amqp.delivery_limit)
@@ -617,6 +640,7 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
         Command::Serve { .. }
         | Command::Migrate
         | Command::Topology { .. }
+        | Command::Config { .. }
         | Command::Keys { .. }
         | Command::Demo(_)
         | Command::Tokens { .. }

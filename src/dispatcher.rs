@@ -174,6 +174,10 @@ impl Dispatcher {
             if let Some(e) = first_error {
                 return Err(e.into());
             }
+            // Start over on a fresh connection: after a quorum queue's
+            // leader node died, a channel can keep having its publishes
+            // refused while a new one is served by the new leader.
+            anyhow::bail!("the broker refused or returned {failed} publishes");
         }
         Ok(true)
     }

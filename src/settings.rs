@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
     pub database: DatabaseSettings,
@@ -22,15 +22,15 @@ pub struct Settings {
     pub tokens: TokenSettings,
     /// The worker's sections: one configuration file or environment may
     /// serve both programs (and standalone mode runs both in one process).
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub worker: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub reader: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub simulated: serde::de::IgnoredAny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// PostgreSQL URL, e.g. `postgres://postgres@127.0.0.1:5432/cardfleet`.
@@ -40,10 +40,12 @@ pub struct DatabaseSettings {
     pub migrate_on_start: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// RabbitMQ URL with vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`.
+    /// RabbitMQ URL with vhost, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f`,
+    /// or several separated by commas (the nodes of a cluster), tried in
+    /// order at every connect and reconnect.
     pub url: String,
     /// Deliveries of one job before RabbitMQ dead-letters it.
     pub delivery_limit: u32,
@@ -63,7 +65,7 @@ impl AmqpSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
@@ -83,7 +85,7 @@ pub struct HttpSettings {
     pub tls: HttpTlsSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSettings {
     /// Requests per second each token may sustain; 0 turns limiting off.
@@ -92,7 +94,7 @@ pub struct RateLimitSettings {
     pub burst: u32,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpTlsSettings {
     /// PEM certificate chain of the API; with `key_file`, the API speaks
@@ -112,7 +114,7 @@ impl HttpTlsSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenSettings {
     /// Days until a new API token expires, unless its creator says
@@ -128,7 +130,7 @@ impl TokenSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSettings {
     /// Where `/metrics` is served besides the API port; empty to disable.
@@ -138,7 +140,7 @@ pub struct MetricsSettings {
     pub refresh_seconds: u64,
 }
 
-#[derive(Clone, Deserialize)]
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialSettings {
     /// Id stored with every encrypted credential.
@@ -176,14 +178,14 @@ impl std::fmt::Debug for CredentialSettings {
     }
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileSettings {
     /// Directory of `*.toml` profiles; the built-in ones are always there.
     pub dir: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DispatcherSettings {
     /// Outbox rows published per round, all in flight at once.
@@ -192,7 +194,7 @@ pub struct DispatcherSettings {
     pub poll_interval_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerSettings {
     /// Results applied per database transaction at most.
@@ -201,7 +203,7 @@ pub struct LedgerSettings {
     pub batch_wait_ms: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
     /// `tracing` filter, e.g. `info,cardfleet=debug`.
@@ -309,6 +311,9 @@ impl Settings {
 
     fn check(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(problem) = cardfleet_schemas::amqp::url_problem(&self.amqp.url) {
+            return bad("amqp.url", problem);
+        }
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
             return bad("amqp.tls", problem);
         }

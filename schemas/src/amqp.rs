@@ -28,7 +28,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, AmqpError> {
 /// Files for TLS to RabbitMQ (`amqps://` URLs): the CA that signed the
 /// broker's certificate (trusted besides the system's CA store), and a
 /// client certificate and its key (PEM) for brokers that require one.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     pub ca_file: Option<PathBuf>,
@@ -41,17 +41,41 @@ impl TlsFiles {
         *self == Self::default()
     }
 
-    /// What is wrong with the combination, if anything.
+    /// What is wrong with the combination, if anything. `url` may list
+    /// several endpoints separated by commas (see [`endpoint_urls`]).
     pub fn problem(&self, url: &str) -> Option<&'static str> {
         if self.cert_file.is_some() != self.key_file.is_some() {
             return Some("a client certificate and its key go together");
         }
-        if !self.is_empty() && !url.starts_with("amqps://") {
-            return Some("TLS files are set but the URL is not amqps://");
+        if !self.is_empty() && !endpoint_urls(url).all(|u| u.starts_with("amqps://")) {
+            return Some("TLS files are set but a URL is not amqps://");
         }
         None
     }
 }
+
+/// The endpoints of an `amqp.url` setting: one URL, or several separated by
+/// commas (the nodes of a RabbitMQ cluster), tried in order at each
+/// connect. Blanks around the commas and empty entries are ignored.
+pub fn endpoint_urls(url: &str) -> impl Iterator<Item = &str> {
+    url.split(',').map(str::trim).filter(|u| !u.is_empty())
+}
+
+/// What is wrong with an `amqp.url` setting, if anything: no endpoint, or
+/// one that is not an `amqp://` or `amqps://` URL.
+pub fn url_problem(url: &str) -> Option<&'static str> {
+    if endpoint_urls(url).next().is_none() {
+        return Some("names no endpoint");
+    }
+    if !endpoint_urls(url).all(|u| u.starts_with("amqp://") || u.starts_with("amqps://")) {
+        return Some("every endpoint must start with amqp:// or amqps://");
+    }
+    None
+}
+
+/// How long one endpoint may take to accept a connection before the next
+/// one is tried (an unreachable host may never answer).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// RabbitMQ: where, and with which TLS files.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -77,6 +101,12 @@ pub enum ConnectError {
     Amqp(#[from] AmqpError),
     #[error("TLS to RabbitMQ: {0}")]
     Tls(String),
+    /// `amqp.url` names no endpoint, or one is not an AMQP URL.
+    #[error("amqp.url {0}")]
+    Url(&'static str),
+    /// Endpoint number `index` (from 1) did not connect in time.
+    #[error("RabbitMQ endpoint {index} did not accept a connection within {seconds} s")]
+    Timeout { index: usize, seconds: u64 },
 }
 
 fn read_tls_file(path: &Path) -> Result<Vec<u8>, ConnectError> {
@@ -84,22 +114,54 @@ fn read_tls_file(path: &Path) -> Result<Vec<u8>, ConnectError> {
         .map_err(|e| ConnectError::Tls(format!("cannot read {}: {e}", path.display())))
 }
 
-/// Connects to an endpoint, with TLS when its URL is `amqps://`.
+/// Connects to the first of the endpoint's URLs that accepts a connection,
+/// trying them in order (with TLS for `amqps://` URLs). Each attempt is
+/// bounded by [`CONNECT_TIMEOUT`]; when every one fails, the last error is
+/// returned. Errors never carry a URL, which may hold a password.
 pub async fn connect_endpoint(endpoint: &Endpoint, name: &str) -> Result<Connection, ConnectError> {
+    connect_endpoint_within(endpoint, name, CONNECT_TIMEOUT).await
+}
+
+/// As [`connect_endpoint`], with each attempt bounded by `timeout`.
+pub async fn connect_endpoint_within(
+    endpoint: &Endpoint,
+    name: &str,
+    timeout: Duration,
+) -> Result<Connection, ConnectError> {
+    if let Some(problem) = url_problem(&endpoint.url) {
+        return Err(ConnectError::Url(problem));
+    }
     if let Some(problem) = endpoint.tls.problem(&endpoint.url) {
         return Err(ConnectError::Tls(problem.into()));
     }
-    if endpoint.tls.is_empty() {
-        return Ok(connect(&endpoint.url, name).await?);
+    let mut last = ConnectError::Url("names no endpoint");
+    for (index, url) in endpoint_urls(&endpoint.url).enumerate() {
+        match tokio::time::timeout(timeout, connect_one(url, &endpoint.tls, name)).await {
+            Ok(Ok(conn)) => return Ok(conn),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = ConnectError::Timeout {
+                    index: index + 1,
+                    seconds: timeout.as_secs(),
+                }
+            }
+        }
     }
-    let cert_chain = match &endpoint.tls.ca_file {
+    Err(last)
+}
+
+async fn connect_one(url: &str, tls: &TlsFiles, name: &str) -> Result<Connection, ConnectError> {
+    if tls.is_empty() {
+        return Ok(connect(url, name).await?);
+    }
+    let cert_chain = match &tls.ca_file {
         Some(path) => Some(
             String::from_utf8(read_tls_file(path)?)
                 .map_err(|_| ConnectError::Tls(format!("{} is not PEM text", path.display())))?,
         ),
         None => None,
     };
-    let identity = match (&endpoint.tls.cert_file, &endpoint.tls.key_file) {
+    let identity = match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => Some(lapin::tcp::OwnedIdentity::PKCS8 {
             pem: read_tls_file(cert)?,
             key: read_tls_file(key)?,
@@ -109,7 +171,7 @@ pub async fn connect_endpoint(endpoint: &Endpoint, name: &str) -> Result<Connect
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     let runtime = lapin::runtime::default_runtime()?;
     Ok(Connection::connect_with_config(
-        &endpoint.url,
+        url,
         properties,
         lapin::tcp::OwnedTLSConfig {
             identity,
@@ -400,4 +462,34 @@ pub fn definitions(vhost: &str, delivery_limit: u32) -> serde_json::Value {
             }
         }]
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_url_list_splits_on_commas_and_ignores_blanks() {
+        let urls: Vec<_> =
+            endpoint_urls(" amqp://a:1/%2f, ,amqp://b:2/%2f,amqps://c:3/v ,").collect();
+        assert_eq!(urls, ["amqp://a:1/%2f", "amqp://b:2/%2f", "amqps://c:3/v"]);
+        assert_eq!(endpoint_urls("amqp://a/%2f").count(), 1);
+    }
+
+    #[test]
+    fn a_url_list_without_endpoints_or_with_a_foreign_scheme_is_refused() {
+        assert_eq!(url_problem(" , "), Some("names no endpoint"));
+        assert!(url_problem("amqp://a/%2f,http://b/").is_some());
+        assert_eq!(url_problem("amqp://a/%2f,amqps://b/%2f"), None);
+    }
+
+    #[test]
+    fn tls_files_need_every_endpoint_to_be_amqps() {
+        let tls = TlsFiles {
+            ca_file: Some("ca.pem".into()),
+            ..TlsFiles::default()
+        };
+        assert_eq!(tls.problem("amqps://a/%2f,amqps://b/%2f"), None);
+        assert!(tls.problem("amqps://a/%2f,amqp://b/%2f").is_some());
+    }
 }

@@ -35,6 +35,9 @@ impl From<rabbit::ConnectError> for BusError {
         match e {
             rabbit::ConnectError::Amqp(e) => BusError::Amqp(e),
             rabbit::ConnectError::Tls(t) => BusError::Tls(t),
+            other @ (rabbit::ConnectError::Url(_) | rabbit::ConnectError::Timeout { .. }) => {
+                BusError::Closed(other.to_string())
+            }
         }
     }
 }

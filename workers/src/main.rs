@@ -27,6 +27,23 @@ enum Command {
     VirtualCard(VirtualCardArgs),
     /// Enrol this rack's key (worker.key_file, created if missing) with the control plane.
     Enroll(EnrollArgs),
+    /// Configuration: `config check` validates it and prints it.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Load and validate the configuration (defaults, file, environment)
+    /// and print the effective settings with secrets redacted; exits
+    /// non-zero naming the key when something is wrong.
+    Check {
+        /// Configuration file (default: ./cardfleet-worker.toml if present).
+        #[arg(long, env = "CARDFLEET_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +254,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 done.key_id,
                 path.display()
             );
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { config },
+        } => {
+            let settings = WorkerSettings::load(config.as_deref(), &[])?;
+            let text = cardfleet_schemas::redact::to_redacted_toml(&settings)
+                .map_err(|e| anyhow::anyhow!("cannot print the configuration: {e}"))?;
+            println!("# cardfleet-worker: effective configuration (secrets redacted)\n{text}");
+            eprintln!("configuration ok");
             Ok(())
         }
         Command::VirtualCard(args) => {

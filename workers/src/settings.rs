@@ -4,9 +4,9 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSettings {
     pub worker: WorkerSection,
@@ -17,23 +17,23 @@ pub struct WorkerSettings {
     pub log: LogSection,
     /// The control plane's sections: one configuration file or environment
     /// may serve both programs.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub database: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub http: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub credentials: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub profiles: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub dispatcher: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub ledger: serde::de::IgnoredAny,
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub tokens: serde::de::IgnoredAny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct WorkerSection {
     /// The rack this worker owns; its queue is `cardfleet.rack.<rack_id>`.
@@ -101,13 +101,20 @@ impl EnrollmentToken {
     }
 }
 
+/// Shown as `<redacted>` (`config check`), never as the token.
+impl Serialize for EnrollmentToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(cardfleet_schemas::redact::REDACTED)
+    }
+}
+
 impl std::fmt::Debug for EnrollmentToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("EnrollmentToken(<redacted>)")
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReaderSection {
     /// `simulated` or `pcsc`.
@@ -121,14 +128,14 @@ pub struct ReaderSection {
     pub load_from: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "snake_case")]
 pub enum ReaderKind {
     Simulated,
     Pcsc,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SimulatedSection {
     /// Latency of every command, in milliseconds.
@@ -151,9 +158,11 @@ pub struct SimulatedSection {
     pub extensions: bool,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AmqpSection {
+    /// RabbitMQ URL with vhost, or several separated by commas (the nodes
+    /// of a cluster), tried in order at every connect and reconnect.
     pub url: String,
     /// Must equal the control plane's: both declare the rack queue with it.
     pub delivery_limit: u32,
@@ -173,16 +182,16 @@ impl AmqpSection {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     pub listen: Option<SocketAddr>,
     /// The control plane's gauge refresh; not used by workers.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub refresh_seconds: serde::de::IgnoredAny,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSection {
     pub filter: String,
@@ -271,6 +280,9 @@ impl WorkerSettings {
 
     fn check(&self) -> Result<(), SettingsError> {
         let bad = |key: &str, why: &str| Err(SettingsError(format!("{key}: {why}")));
+        if let Some(problem) = cardfleet_schemas::amqp::url_problem(&self.amqp.url) {
+            return bad("amqp.url", problem);
+        }
         if let Some(problem) = self.amqp.endpoint().tls.problem(&self.amqp.url) {
             return bad("amqp.tls", problem);
         }
