@@ -14,6 +14,7 @@ pub mod gauges;
 pub mod keys;
 pub mod ledger;
 pub mod metrics;
+pub mod rack_identity;
 pub mod settings;
 pub mod standalone;
 pub mod store;

@@ -97,7 +97,13 @@ async fn a_job_sealed_to_another_racks_key_is_dead_lettered_and_its_card_returns
     // rack B is sealed to a key rack B does not have.
     let rack_a = test_rack_key("rack-a");
     app.store
-        .enroll_rack("rack-b", rack_a.public_key().as_bytes(), "test")
+        .enroll_rack(
+            "rack-b",
+            rack_a.public_key().as_bytes(),
+            // Its own signing key, so its slot events are still believed.
+            &cardfleet_schemas::rack_identity::verifying_key(&test_rack_key("rack-b")),
+            "test",
+        )
         .await
         .unwrap();
     let id = card_id(&app, "7001").await;
