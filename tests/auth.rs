@@ -41,10 +41,12 @@ fn public_key_b64(key: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-/// A valid Ed25519 signing key for enrolment requests.
-fn signing_key_b64() -> String {
-    let secret = cardfleet_schemas::sealing::RackSecretKey::from_bytes(&[5u8; 32]).unwrap();
-    public_key_b64(&cardfleet_schemas::rack_identity::verifying_key(&secret))
+/// The Ed25519 signing key of `rack`'s test key, as its worker enrols it
+/// (so the stand-in worker's signed events are believed).
+fn signing_key_b64(rack: &str) -> String {
+    public_key_b64(&cardfleet_schemas::rack_identity::verifying_key(
+        &workers::test_rack_key(rack),
+    ))
 }
 
 /// One token per role; the worker's is a real enrollment token for `rack`.
@@ -392,7 +394,7 @@ async fn enroll(app: &TestApp, token: Option<&str>, rack: &str, key: &[u8; 32]) 
         token,
         Method::POST,
         &format!("/v1/racks/{rack}/enrollment"),
-        Some(json!({ "public_key": public_key_b64(key), "signing_key": signing_key_b64() })),
+        Some(json!({ "public_key": public_key_b64(key), "signing_key": signing_key_b64(rack) })),
     )
     .await
 }
@@ -428,7 +430,7 @@ async fn enrollment_takes_one_fresh_token_for_its_own_rack_only() {
             Some(&token),
             Method::POST,
             "/v1/racks/rack-a/enrollment",
-            Some(json!({ "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 16]), "signing_key": signing_key_b64() })),
+            Some(json!({ "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 16]), "signing_key": signing_key_b64("rack-a") })),
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.body);

@@ -3,7 +3,7 @@
 
 pub mod auth;
 pub mod error;
-mod openapi;
+pub mod openapi;
 mod routes;
 
 use std::collections::BTreeMap;

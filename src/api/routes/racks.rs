@@ -28,7 +28,8 @@ pub async fn dead_letters(
 /// Puts a quarantined slot back into service; the rack's worker is told
 /// through the control exchange.
 #[utoipa::path(post, path = "/v1/racks/{rack_id}/slots/{slot}/release", tag = "racks",
-    params(("rack_id" = String, Path), ("slot" = u16, Path)),
+    params(("rack_id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
+           ("slot" = u16, Path, minimum = 0, maximum = 65535)),
     responses((status = 202, description = "release sent to the worker"),
               (status = 404, body = crate::api::error::ErrorBody)))]
 pub async fn release_slot(
@@ -55,11 +56,11 @@ pub async fn release_slot(
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentRequest {
     /// Standard base64 of the rack's 32-byte X25519 public key.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
     pub public_key: String,
     /// Standard base64 of the rack's 32-byte Ed25519 public key, which
     /// verifies the signatures on the rack's results and events.
-    #[schema(min_length = 1, max_length = 64)]
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
     pub signing_key: String,
 }
 
@@ -84,7 +85,7 @@ fn parse_public_key(text: &str) -> Option<[u8; 32]> {
 /// token is consumed first; a used, revoked or expired token is refused
 /// with 401, a token for another rack with 403.
 #[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment", tag = "racks",
-    params(("rack_id" = String, Path)), request_body = EnrollmentRequest,
+    params(("rack_id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")), request_body = EnrollmentRequest,
     responses((status = 201, body = Enrollment),
               (status = 401, description = "unauthenticated: unknown, used, revoked or expired token", body = crate::api::error::ErrorBody),
               (status = 403, description = "forbidden: not an enrollment token for this rack", body = crate::api::error::ErrorBody),
