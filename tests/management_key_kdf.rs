@@ -154,12 +154,23 @@ async fn each_job_carries_the_management_key_of_its_cards_kdf_version() {
             &["KDF-CHIP-000000".into(), "KDF-CHIP-000001".into()],
         )
         .await;
+    eventually(WAIT, "both chips located", || async {
+        app.get("/v1/racks").await.body[0]["slots"]
+            .as_array()
+            .is_some_and(|s| s.len() == 2)
+    })
+    .await;
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;
     assert_eq!(r.status, 202, "{}", r.body);
     let jobs = worker.take_jobs("rack-k", 2, WAIT).await;
-    assert_eq!(jobs.len(), 2);
+    assert_eq!(
+        jobs.len(),
+        2,
+        "{}",
+        app.get(&format!("/v1/cards/{}", ids[0])).await.body
+    );
     let master = MasterKey::from_hex(MASTER_KEY).unwrap();
     let key = workers::test_rack_key("rack-k");
     for job in jobs {
@@ -180,17 +191,4 @@ async fn each_job_carries_the_management_key_of_its_cards_kdf_version() {
         let wrong = master.derive_management_key_with(other, &job.chip_serial, algorithm);
         assert_ne!(secrets.management_key, wrong.expose());
     }
-}
-
-/// Runs `sql` on database `db`.
-fn psql_on(db: &str, sql: &str) {
-    let out = std::process::Command::new("psql")
-        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc", sql])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -178,6 +178,14 @@ async fn a_result_for_another_racks_job_changes_nothing() {
     worker
         .insert_cards("rack-a", &["RR-CHIP-000000".into()])
         .await;
+    eventually(WAIT, "the chip located", || async {
+        app.get("/v1/racks")
+            .await
+            .body
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    })
+    .await;
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;

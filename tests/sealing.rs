@@ -155,6 +155,9 @@ async fn a_job_for_a_rack_without_an_enrolled_key_fails_with_rack_not_enrolled_a
     let ids = app.import_cards("N", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
+    // Only an enrolled rack is believed when it reports a chip; its key is
+    // then lost (as for a rack whose enrolment was removed).
+    enroll_rack(&app.store, "rack-n").await;
     worker
         .insert_cards("rack-n", &["N-CHIP-000000".into()])
         .await;
@@ -166,6 +169,10 @@ async fn a_job_for_a_rack_without_an_enrolled_key_fails_with_rack_not_enrolled_a
             .is_some_and(|r| !r.is_empty())
     })
     .await;
+    psql_on(
+        &app.db_name,
+        "DELETE FROM rack_keys WHERE rack_id = 'rack-n'",
+    );
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;

@@ -51,6 +51,19 @@ pub fn psql(sql: &str) {
         .output();
 }
 
+/// Runs `sql` on database `db`, which must succeed.
+pub fn psql_on(db: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fresh vhost, deleted on drop.
 pub struct Vhost {
     pub name: String,
