@@ -48,10 +48,13 @@ impl Claimed for EventMessage {
     }
 }
 
+/// Enrolled signing keys by rack id, with when each was read.
+type KeyCache = HashMap<String, ([u8; 32], Instant)>;
+
 /// Checks racks' signatures against their enrolled keys, with a cache.
 #[derive(Debug, Clone, Default)]
 pub struct RackKeys {
-    cache: Arc<Mutex<HashMap<String, ([u8; 32], Instant)>>>,
+    cache: Arc<Mutex<KeyCache>>,
 }
 
 impl RackKeys {
