@@ -17,7 +17,7 @@ pub struct AuditQuery {
     pub batch_id: Option<Uuid>,
     pub card_id: Option<Uuid>,
     /// e.g. `credential.puk_read`, `job.succeeded`, `token.created`.
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[^\\u0000]*$")]
     pub action: Option<String>,
     /// Rows after this id (for paging: the last id seen).
     pub after: Option<i64>,

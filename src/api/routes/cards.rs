@@ -191,7 +191,7 @@ fn parse_csv(body: &[u8]) -> Result<ParsedRows, ApiError> {
 pub struct ListQuery {
     /// Card type, e.g. `temporary`.
     #[serde(rename = "type")]
-    #[param(max_length = 64)]
+    #[param(max_length = 64, pattern = "^[^\\u0000]*$")]
     pub card_type: Option<String>,
     /// `produced`, `initializing`, `unassigned` or `failed`.
     #[param(value_type = Option<CardState>)]

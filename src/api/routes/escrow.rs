@@ -23,7 +23,12 @@ use crate::store::tokens::Caller;
 pub struct PukQuery {
     /// Why the PUK is needed (1 to 500 characters, not only spaces);
     /// recorded in the audit trail.
-    #[param(required = true, min_length = 1, max_length = 500, pattern = "\\S")]
+    #[param(
+        required = true,
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+    )]
     pub reason: Option<String>,
 }
 
