@@ -150,6 +150,7 @@ impl Application {
             batch_wait: Duration::from_millis(settings.ledger.batch_wait_ms),
             reconnect_max,
             metrics: metrics.clone(),
+            rack_keys: Default::default(),
         });
         let gauges = (settings.metrics.refresh_seconds > 0).then(|| GaugeRefresher {
             store: store.clone(),

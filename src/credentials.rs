@@ -229,8 +229,45 @@ impl std::fmt::Debug for MasterKey {
     }
 }
 
-/// Salt of the management-key KDF; part of the documented derivation.
+/// Salt of version 1 of the management-key KDF; part of the documented derivation.
 pub const MANAGEMENT_KEY_KDF_SALT: &[u8] = b"cardfleet/piv-management-key/v1";
+/// Salt of version 2 of the management-key KDF.
+pub const MANAGEMENT_KEY_KDF_SALT_V2: &[u8] = b"cardfleet/piv-management-key/v2";
+
+/// Version of the management-key KDF a card's key was derived with; stored
+/// per card (`cards.management_key_kdf`) so a card keeps the key its chip
+/// holds when the KDF changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ManagementKeyKdf {
+    /// salt `.../v1`, info = chip serial: the keys of one chip under two
+    /// algorithms share a prefix (AES-128's key is the start of AES-192's).
+    V1,
+    /// salt `.../v2`, info = algorithm name, a zero byte, chip serial: keys
+    /// of different algorithms are independent.
+    V2,
+}
+
+impl ManagementKeyKdf {
+    /// The version cards imported now get.
+    pub const CURRENT: Self = Self::V2;
+
+    /// The version as stored and shown (1 or 2).
+    pub fn number(self) -> i16 {
+        match self {
+            Self::V1 => 1,
+            Self::V2 => 2,
+        }
+    }
+
+    /// The version with stored number `n`, if it is one.
+    pub fn from_number(n: i64) -> Option<Self> {
+        match n {
+            1 => Some(Self::V1),
+            2 => Some(Self::V2),
+            _ => None,
+        }
+    }
+}
 
 impl MasterKey {
     pub fn from_hex(hex_key: &str) -> Result<Self, CredentialError> {
@@ -247,18 +284,41 @@ impl MasterKey {
         Self(key)
     }
 
-    /// Per-card management key: HKDF-SHA256 with the master key as input
-    /// keying material, salt [`MANAGEMENT_KEY_KDF_SALT`], info the chip
-    /// serial's UTF-8 bytes, output length the algorithm's key length.
+    /// Per-card management key under the current KDF version
+    /// ([`ManagementKeyKdf::CURRENT`]), as cards imported now get it.
     pub fn derive_management_key(
         &self,
         chip_serial: &str,
         algorithm: ManagementKeyAlgorithm,
     ) -> Secret {
-        let hk = Hkdf::<Sha256>::new(Some(MANAGEMENT_KEY_KDF_SALT), &self.0);
+        self.derive_management_key_with(ManagementKeyKdf::CURRENT, chip_serial, algorithm)
+    }
+
+    /// Per-card management key: HKDF-SHA256 with the master key as input
+    /// keying material and output length the algorithm's key length.
+    /// Version 1: salt [`MANAGEMENT_KEY_KDF_SALT`], info the chip serial's
+    /// UTF-8 bytes. Version 2: salt [`MANAGEMENT_KEY_KDF_SALT_V2`], info the
+    /// algorithm's name (`3des`, `aes128`, `aes192`, `aes256`), a zero byte
+    /// and the chip serial's UTF-8 bytes.
+    pub fn derive_management_key_with(
+        &self,
+        kdf: ManagementKeyKdf,
+        chip_serial: &str,
+        algorithm: ManagementKeyAlgorithm,
+    ) -> Secret {
+        let (salt, info) = match kdf {
+            ManagementKeyKdf::V1 => (MANAGEMENT_KEY_KDF_SALT, chip_serial.as_bytes().to_vec()),
+            ManagementKeyKdf::V2 => {
+                let mut info = algorithm.as_str().as_bytes().to_vec();
+                info.push(0);
+                info.extend_from_slice(chip_serial.as_bytes());
+                (MANAGEMENT_KEY_KDF_SALT_V2, info)
+            }
+        };
+        let hk = Hkdf::<Sha256>::new(Some(salt), &self.0);
         let mut okm = vec![0u8; algorithm.key_len()];
         // Expansion fails only past 255 * 32 bytes of output.
-        let _ = hk.expand(chip_serial.as_bytes(), &mut okm);
+        let _ = hk.expand(&info, &mut okm);
         let key = Secret(hex::encode(&okm));
         okm.zeroize();
         key
@@ -332,9 +392,12 @@ mod tests {
     #[test]
     fn management_keys_are_stable_per_chip_and_differ_between_chips() {
         let master = MasterKey::from_hex(&"11".repeat(32)).unwrap();
-        let a = master.derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes192);
-        let b = master.derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes192);
-        let c = master.derive_management_key("CHIP-2", ManagementKeyAlgorithm::Aes192);
+        let v1 = |serial, algorithm| {
+            master.derive_management_key_with(ManagementKeyKdf::V1, serial, algorithm)
+        };
+        let a = v1("CHIP-1", ManagementKeyAlgorithm::Aes192);
+        let b = v1("CHIP-1", ManagementKeyAlgorithm::Aes192);
+        let c = v1("CHIP-2", ManagementKeyAlgorithm::Aes192);
         assert_eq!(a, b);
         assert_ne!(a, c);
         assert_eq!(a.expose().len(), 48);
@@ -345,11 +408,42 @@ mod tests {
             "636a159cffefc12cfdc2a0430a43a4094f71f9e2f1ddf5dd"
         );
         assert_eq!(
-            master
-                .derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes128)
-                .expose(),
+            v1("CHIP-1", ManagementKeyAlgorithm::Aes128).expose(),
             "636a159cffefc12cfdc2a0430a43a409"
         );
+    }
+
+    const V2_AES192_VECTOR: &str = "c1f0f873cdc1034010b395832d13ed174ffc7c0ae50d43c1";
+    const V2_AES128_VECTOR: &str = "f1084fbd5d0ee5f721e22ba2ac6a5905";
+
+    #[test]
+    fn version_2_separates_algorithms_and_is_the_current_version() {
+        let master = MasterKey::from_hex(&"11".repeat(32)).unwrap();
+        let v2 = |serial, algorithm| {
+            master.derive_management_key_with(ManagementKeyKdf::V2, serial, algorithm)
+        };
+        let aes192 = v2("CHIP-1", ManagementKeyAlgorithm::Aes192);
+        let aes128 = v2("CHIP-1", ManagementKeyAlgorithm::Aes128);
+        let tdes = v2("CHIP-1", ManagementKeyAlgorithm::TripleDes);
+        // No prefix relation between algorithms, nor with version 1.
+        assert!(!aes192.expose().starts_with(aes128.expose()));
+        assert_ne!(aes192, tdes);
+        let v1 = master.derive_management_key_with(
+            ManagementKeyKdf::V1,
+            "CHIP-1",
+            ManagementKeyAlgorithm::Aes192,
+        );
+        assert_ne!(aes192, v1);
+        assert_eq!(
+            master.derive_management_key("CHIP-1", ManagementKeyAlgorithm::Aes192),
+            aes192
+        );
+        // The vectors published in the README, computed independently.
+        assert_eq!(aes192.expose(), V2_AES192_VECTOR);
+        assert_eq!(aes128.expose(), V2_AES128_VECTOR);
+        assert_eq!(ManagementKeyKdf::from_number(2), Some(ManagementKeyKdf::V2));
+        assert_eq!(ManagementKeyKdf::from_number(3), None);
+        assert_eq!(ManagementKeyKdf::V1.number(), 1);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
-use crate::credentials::{CredentialCipher, MasterKey};
+use crate::credentials::{CredentialCipher, ManagementKeyKdf, MasterKey};
 use crate::metrics::{Metrics, RACK_NOT_ENROLLED};
 use crate::store::Store;
 use crate::store::dispatch::OutboxJob;
@@ -235,9 +235,12 @@ impl Dispatcher {
             )
             .map_err(|e| e.to_string())?;
         let algorithm = profile.management_key.algorithm;
-        let management_key = self
-            .master_key
-            .derive_management_key(&job.chip_serial, algorithm);
+        // The card's own KDF version: a card keeps the key its chip holds.
+        let kdf = ManagementKeyKdf::from_number(job.management_key_kdf.into())
+            .ok_or_else(|| format!("unknown management-key KDF {}", job.management_key_kdf))?;
+        let management_key =
+            self.master_key
+                .derive_management_key_with(kdf, &job.chip_serial, algorithm);
         self.metrics.credentials_opened.inc_by(2);
         self.metrics.management_keys_derived.inc();
         // CardSecrets zeroizes its strings on drop; `seal` zeroizes the JSON.

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use cardfleet_schemas::profile::ManagementKeyAlgorithm;
 
-use crate::credentials::MasterKey;
+use crate::credentials::{ManagementKeyKdf, MasterKey};
 use crate::settings::Settings;
 use crate::store::Store;
 
@@ -33,6 +33,10 @@ pub enum KeysCommand {
         chip_serial: String,
         #[arg(long, value_enum, default_value = "aes192")]
         algorithm: KeyAlgorithm,
+        /// The card's management-key KDF version (`management_key_kdf` in
+        /// the card listing): 1 for cards imported before version 2 existed.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=2))]
+        kdf: u8,
         /// Use a standalone data directory's keys.
         #[arg(long)]
         data_dir: Option<PathBuf>,
@@ -102,10 +106,16 @@ pub async fn run(config: Option<&Path>, command: KeysCommand) -> anyhow::Result<
         KeysCommand::ManagementKey {
             chip_serial,
             algorithm,
+            kdf,
             data_dir,
         } => {
             let settings = settings(config, data_dir.as_deref())?;
-            let key = management_key(&settings.credentials.master_key, &chip_serial, algorithm)?;
+            let key = management_key(
+                &settings.credentials.master_key,
+                &chip_serial,
+                algorithm,
+                kdf,
+            )?;
             eprintln!(
                 "management key of chip {chip_serial} ({}): a secret that unlocks the card; \
                  do not store or paste it anywhere",
@@ -122,13 +132,16 @@ pub fn management_key(
     master_key_hex: &str,
     chip_serial: &str,
     algorithm: KeyAlgorithm,
+    kdf: u8,
 ) -> anyhow::Result<String> {
     if chip_serial.is_empty() {
         bail!("--chip-serial must not be empty");
     }
+    let kdf = ManagementKeyKdf::from_number(kdf.into())
+        .ok_or_else(|| anyhow::anyhow!("--kdf must be 1 or 2"))?;
     let master = MasterKey::from_hex(master_key_hex)?;
     Ok(master
-        .derive_management_key(chip_serial, algorithm.into())
+        .derive_management_key_with(kdf, chip_serial, algorithm.into())
         .expose()
         .to_owned())
 }
@@ -224,14 +237,19 @@ mod tests {
         // The README's test vector: master key 0x11 × 32, chip CHIP-1.
         let master = "11".repeat(32);
         assert_eq!(
-            management_key(&master, "CHIP-1", KeyAlgorithm::Aes192).ok(),
+            management_key(&master, "CHIP-1", KeyAlgorithm::Aes192, 1).ok(),
             Some("636a159cffefc12cfdc2a0430a43a4094f71f9e2f1ddf5dd".to_owned())
         );
         assert_eq!(
-            management_key(&master, "CHIP-1", KeyAlgorithm::Aes128).ok(),
+            management_key(&master, "CHIP-1", KeyAlgorithm::Aes128, 1).ok(),
             Some("636a159cffefc12cfdc2a0430a43a409".to_owned())
         );
-        assert!(management_key(&master, "", KeyAlgorithm::Aes192).is_err());
-        assert!(management_key("abcd", "CHIP-1", KeyAlgorithm::Aes192).is_err());
+        assert_eq!(
+            management_key(&master, "CHIP-1", KeyAlgorithm::Aes192, 2).ok(),
+            Some("c1f0f873cdc1034010b395832d13ed174ffc7c0ae50d43c1".to_owned())
+        );
+        assert!(management_key(&master, "CHIP-1", KeyAlgorithm::Aes192, 3).is_err());
+        assert!(management_key(&master, "", KeyAlgorithm::Aes192, 2).is_err());
+        assert!(management_key("abcd", "CHIP-1", KeyAlgorithm::Aes192, 2).is_err());
     }
 }

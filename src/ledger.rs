@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broker;
 use crate::metrics::Metrics;
+use crate::rack_identity::{Claimed, RackKeys};
 use crate::store::Store;
 use crate::store::ledger::{Applied, DeadLetter};
 
@@ -26,6 +27,8 @@ pub struct Ledger {
     pub batch_wait: Duration,
     pub reconnect_max: Duration,
     pub metrics: Metrics,
+    /// Racks' enrolled signing keys: results and events must be signed.
+    pub rack_keys: RackKeys,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -229,6 +232,23 @@ impl Ledger {
         }
     }
 
+    /// A decoded result or event counts only when the rack it speaks for
+    /// signed it (see `crate::rack_identity`); otherwise the dead-letter reason.
+    async fn authentic<T: Claimed>(
+        &self,
+        delivery: &Delivery,
+        decoded: Result<T, String>,
+    ) -> anyhow::Result<Result<T, String>> {
+        let Ok(message) = decoded else {
+            return Ok(decoded);
+        };
+        let verdict = self
+            .rack_keys
+            .check(&self.store, delivery, &message)
+            .await?;
+        Ok(verdict.map(|()| message).map_err(str::to_owned))
+    }
+
     /// Counts the results that ended a job.
     fn count_finished(&self, messages: &[ResultMessage], applied: &[Applied]) {
         for (message, effect) in messages.iter().zip(applied) {
@@ -253,7 +273,10 @@ impl Ledger {
         let mut messages = Vec::with_capacity(batch.len());
         let mut origin = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode::<ResultMessage>(delivery.data(), ResultMessage::meta) {
+            match self
+                .authentic(delivery, decode(delivery.data(), ResultMessage::meta))
+                .await?
+            {
                 Ok(m) => {
                     messages.push(m);
                     origin.push(delivery);
@@ -295,8 +318,8 @@ impl Ledger {
         let mut letters = Vec::new();
         let mut events = Vec::with_capacity(batch.len());
         for delivery in batch {
-            match decode::<EventMessage>(delivery.data(), EventMessage::meta).and_then(valid_event)
-            {
+            let decoded = decode(delivery.data(), EventMessage::meta).and_then(valid_event);
+            match self.authentic(delivery, decoded).await? {
                 Ok(e) => events.push(e),
                 Err(reason) => {
                     letters.push(letter(delivery, wire::SLOT_EVENTS_QUEUE, &reason));

@@ -17,6 +17,7 @@ pub mod keys;
 pub mod ledger;
 pub mod metrics;
 pub mod ops;
+pub mod rack_identity;
 pub mod settings;
 pub mod standalone;
 pub mod store;

@@ -275,10 +275,14 @@ impl Standalone {
         // directly in the store (no token needed inside one process).
         let (key, _) = cardfleet_worker::rack_key::load_or_create(&worker.worker.key_file)?;
         let public = *key.public_key().as_bytes();
+        let signing = cardfleet_schemas::rack_identity::verifying_key(&key);
         let store = app.store();
-        if store.rack_public_key(&worker.worker.rack_id).await? != Some(public) {
+        let rack_id = &worker.worker.rack_id;
+        if store.rack_public_key(rack_id).await? != Some(public)
+            || store.rack_signing_key(rack_id).await? != Some(signing)
+        {
             store
-                .enroll_rack(&worker.worker.rack_id, &public, "standalone")
+                .enroll_rack(rack_id, &public, &signing, "standalone")
                 .await
                 .context("enrolling the local rack's key")?;
         }

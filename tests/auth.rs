@@ -42,6 +42,14 @@ fn public_key_b64(key: &[u8; 32]) -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
+/// The Ed25519 signing key of `rack`'s test key, as its worker enrols it
+/// (so the stand-in worker's signed events are believed).
+fn signing_key_b64(rack: &str) -> String {
+    public_key_b64(&cardfleet_schemas::rack_identity::verifying_key(
+        &workers::test_rack_key(rack),
+    ))
+}
+
 /// One token per role; the worker's is a real enrollment token for `rack`.
 async fn role_tokens(app: &TestApp, rack: &str) -> Vec<(Who, Option<String>)> {
     let mut tokens = vec![(Who::Nobody, None)];
@@ -178,7 +186,7 @@ async fn every_endpoint_admits_exactly_its_roles_and_nothing_without_a_token() {
             route: "/v1/racks/{rack_id}/enrollment",
             path: "/v1/racks/rack-m/enrollment".into(),
             // A bad key: refused with 422 before the token is consumed.
-            body: Some(json!({ "public_key": "not-a-key" })),
+            body: Some(json!({ "public_key": "not-a-key", "signing_key": "not-a-key" })),
             allowed: &[Worker],
         },
         Endpoint {
@@ -411,7 +419,7 @@ async fn enroll(app: &TestApp, token: Option<&str>, rack: &str, key: &[u8; 32]) 
         token,
         Method::POST,
         &format!("/v1/racks/{rack}/enrollment"),
-        Some(json!({ "public_key": public_key_b64(key) })),
+        Some(json!({ "public_key": public_key_b64(key), "signing_key": signing_key_b64(rack) })),
     )
     .await
 }
@@ -447,7 +455,7 @@ async fn enrollment_takes_one_fresh_token_for_its_own_rack_only() {
             Some(&token),
             Method::POST,
             "/v1/racks/rack-a/enrollment",
-            Some(json!({ "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 16]) })),
+            Some(json!({ "public_key": base64::engine::general_purpose::STANDARD.encode([1u8; 16]), "signing_key": signing_key_b64("rack-a") })),
         )
         .await;
     assert_eq!(r.status, 422, "{}", r.body);

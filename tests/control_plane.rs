@@ -347,6 +347,8 @@ async fn garbage_and_results_for_unknown_jobs_are_dead_lettered_and_the_ledger_k
     if let wire::ResultMessage::EncodeResult(r) = &mut ghost {
         r.worker_id = "ghost".into();
     }
+    // Signed by an enrolled rack-g: unknown for its job, not its signature.
+    workers::enroll_rack(&app.store, "rack-g").await;
     worker.publish_result(&ghost).await;
 
     eventually(WAIT, "three dead letters", || async {

@@ -97,7 +97,13 @@ async fn a_job_sealed_to_another_racks_key_is_dead_lettered_and_its_card_returns
     // rack B is sealed to a key rack B does not have.
     let rack_a = test_rack_key("rack-a");
     app.store
-        .enroll_rack("rack-b", rack_a.public_key().as_bytes(), "test")
+        .enroll_rack(
+            "rack-b",
+            rack_a.public_key().as_bytes(),
+            // Its own signing key, so its slot events are still believed.
+            &cardfleet_schemas::rack_identity::verifying_key(&test_rack_key("rack-b")),
+            "test",
+        )
         .await
         .unwrap();
     let id = card_id(&app, "7001").await;
@@ -149,6 +155,9 @@ async fn a_job_for_a_rack_without_an_enrolled_key_fails_with_rack_not_enrolled_a
     let ids = app.import_cards("N", 1).await;
     let worker = FakeWorker::connect(&app.vhost.url()).await;
     app.enable().await;
+    // Only an enrolled rack is believed when it reports a chip; its key is
+    // then lost (as for a rack whose enrolment was removed).
+    enroll_rack(&app.store, "rack-n").await;
     worker
         .insert_cards("rack-n", &["N-CHIP-000000".into()])
         .await;
@@ -160,6 +169,10 @@ async fn a_job_for_a_rack_without_an_enrolled_key_fails_with_rack_not_enrolled_a
             .is_some_and(|r| !r.is_empty())
     })
     .await;
+    psql_on(
+        &app.db_name,
+        "DELETE FROM rack_keys WHERE rack_id = 'rack-n'",
+    );
     let r = app
         .post("/v1/initializations", json!({ "card_ids": ids }))
         .await;

@@ -1779,15 +1779,23 @@ async fn an_enrolled_rack_has_its_key_and_re_enrolment_replaces_it_with_an_audit
     assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), None);
     let first = [7u8; 32];
     let second = [9u8; 32];
-    db.store.enroll_rack(RACK, &first, ACTOR).await.unwrap();
+    db.store
+        .enroll_rack(RACK, &first, &[8u8; 32], ACTOR)
+        .await
+        .unwrap();
     assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), Some(first));
     assert_eq!(db.store.rack_public_key("rack-2").await.unwrap(), None);
 
     db.store
-        .enroll_rack(RACK, &second, "re-enroller")
+        .enroll_rack(RACK, &second, &[10u8; 32], "re-enroller")
         .await
         .unwrap();
     assert_eq!(db.store.rack_public_key(RACK).await.unwrap(), Some(second));
+    assert_eq!(
+        db.store.rack_signing_key(RACK).await.unwrap(),
+        Some([10u8; 32])
+    );
+    assert_eq!(db.store.rack_signing_key("rack-2").await.unwrap(), None);
     assert_eq!(db.audit("rack.enrolled").await, 2);
 
     let trail: Vec<AuditRow> = db

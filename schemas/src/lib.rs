@@ -8,6 +8,7 @@ pub mod amqp;
 pub mod bus;
 pub mod messages;
 pub mod profile;
+pub mod rack_identity;
 pub mod redact;
 pub mod schema_files;
 pub mod sealing;

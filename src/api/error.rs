@@ -156,11 +156,23 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_nul(parts.uri.query()) {
+            return Err(ApiError::bad_request(
+                "invalid_query",
+                "query parameters must not contain NUL characters",
+            ));
+        }
         axum::extract::Query::<T>::from_request_parts(parts, state)
             .await
             .map(|q| ApiQuery(q.0))
             .map_err(|e: QueryRejection| ApiError::bad_request("invalid_query", e.body_text()))
     }
+}
+
+/// Whether a raw (percent-encoded) URI part encodes a NUL character, which
+/// no identifier or text of ours may hold (PostgreSQL text cannot store it).
+fn has_nul(raw: Option<&str>) -> bool {
+    raw.is_some_and(|q| q.contains("%00"))
 }
 
 /// Path segment parsed as a UUID: malformed is 400, the caller maps unknown to 404.
@@ -175,6 +187,12 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if has_nul(Some(parts.uri.path())) {
+            return Err(ApiError::bad_request(
+                "invalid_id",
+                "path segments must not contain NUL characters",
+            ));
+        }
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|p| IdPath(p.0))
@@ -192,8 +210,10 @@ where
 #[into_params(parameter_in = Query)]
 pub struct Paging {
     /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
     /// Items to skip, 0 to 10,000,000 (default 0).
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
 }
 

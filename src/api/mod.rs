@@ -5,7 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod hardening;
-mod openapi;
+pub mod openapi;
 pub mod ready;
 mod routes;
 pub mod tls;

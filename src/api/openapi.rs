@@ -25,7 +25,7 @@ use crate::store::tokens::{Role, TokenView};
             PIN mailers), operator (cards, initializations, racks, dead letters), officer (PUK \
             escrow, PIN mailers), auditor (audit trail), worker (rack enrollment only)."
     ),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CommonResponses),
     security(("bearer" = [])),
     paths(
         cards::import,
@@ -65,7 +65,9 @@ use crate::store::tokens::{Role, TokenView};
         cards::ImportRequest,
         cards::ImportCard,
         processes::ProcessSetting,
-        initializations::InitializeRequest,
+        initializations::InitializeRequestBody,
+        initializations::InitializeByIds,
+        initializations::InitializeByFilter,
         initializations::InitializeFilter,
         InitializeOutcome,
         CardRejection,
@@ -94,6 +96,20 @@ use crate::store::tokens::{Role, TokenView};
 #[derive(Debug)]
 pub struct ApiDoc;
 
+/// The document as served: the generated one with the limits of this
+/// server's configuration (most cards per request) filled in.
+pub fn document(max_batch_cards: usize) -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    let schemas = &mut doc["components"]["schemas"];
+    if let Some(limit) = schemas["InitializeFilter"]["properties"].get_mut("limit") {
+        limit["maximum"] = max_batch_cards.into();
+    }
+    if let Some(ids) = schemas["InitializeByIds"]["properties"].get_mut("card_ids") {
+        ids["maxItems"] = max_batch_cards.into();
+    }
+    doc
+}
+
 /// The bearer token scheme every `/v1` endpoint requires.
 #[derive(Debug)]
 struct BearerAuth;
@@ -110,5 +126,79 @@ impl Modify for BearerAuth {
                     .build(),
             ),
         );
+    }
+}
+
+/// The statuses every operation can answer with besides its own, so the
+/// document lists every status the API returns (the fuzzer checks it):
+/// 401, 403 and 429 on every `/v1` operation; 400 wherever a path, query or
+/// body is parsed; 404 wherever a path names something; 413 and 415 wherever
+/// a body is read; 500 everywhere.
+#[derive(Debug)]
+struct CommonResponses;
+
+impl CommonResponses {
+    const STATUSES: [(&'static str, &'static str); 8] = [
+        ("400", "invalid input: see the error code"),
+        (
+            "401",
+            "unauthenticated: no token, or an unknown, revoked or expired one",
+        ),
+        ("403", "forbidden: the token lacks the role"),
+        ("404", "no such resource"),
+        ("413", "payload_too_large or batch_too_large"),
+        ("415", "unsupported_media_type"),
+        ("429", "too many requests for this token"),
+        ("500", "internal: details only in the server log"),
+    ];
+
+    fn applies(status: &str, path: &str, operation: &utoipa::openapi::path::Operation) -> bool {
+        let versioned = path.starts_with("/v1/");
+        let has_params =
+            path.contains('{') || operation.parameters.as_ref().is_some_and(|p| !p.is_empty());
+        let has_body = operation.request_body.is_some();
+        match status {
+            "401" | "403" | "429" => versioned,
+            "400" => has_params || has_body,
+            "404" => path.contains('{'),
+            "413" | "415" => has_body,
+            _ => true,
+        }
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in Self::STATUSES {
+                    if !Self::applies(status, path, operation) {
+                        continue;
+                    }
+                    let response = ResponseBuilder::new()
+                        .description(description)
+                        .content(
+                            "application/json",
+                            ContentBuilder::new()
+                                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                .build(),
+                        )
+                        .build();
+                    operation
+                        .responses
+                        .responses
+                        .entry(status.to_owned())
+                        .or_insert_with(|| response.into());
+                }
+            }
+        }
     }
 }

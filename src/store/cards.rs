@@ -47,6 +47,10 @@ pub struct CardSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
     pub updated_at: DateTime<Utc>,
+    /// Version of the KDF of the card's PIV management key (1 or 2); the
+    /// card keeps it for life (`cardfleet keys management-key --kdf`).
+    #[schema(minimum = 1, maximum = 2)]
+    pub management_key_kdf: i16,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]

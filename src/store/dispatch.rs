@@ -24,6 +24,8 @@ pub struct OutboxJob {
     pub card_number: String,
     pub chip_serial: String,
     pub profile: String,
+    /// Version of the management-key KDF of the card (1 or 2).
+    pub management_key_kdf: i16,
     pub key_id: String,
     pub pin: Sealed,
     pub puk: Sealed,

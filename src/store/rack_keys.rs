@@ -1,5 +1,6 @@
 //! The public keys racks enrolled with: the dispatcher seals each job's
-//! secrets to its rack's key. Enrolment (and re-enrolment, which replaces
+//! secrets to its rack's X25519 key, and the ledger checks the rack's
+//! Ed25519 signature on every result and event (see `crate::rack_identity`). Enrolment (and re-enrolment, which replaces
 //! the key) is audited with a fingerprint of the key, never the key itself.
 
 use sha2::{Digest, Sha256};
@@ -19,6 +20,7 @@ pub fn fingerprint(public_key: &[u8; 32]) -> String {
 pub(super) fn enroll_audit(
     rack_id: &str,
     public_key: &[u8; 32],
+    signing_key: &[u8; 32],
     replaced: Option<&[u8]>,
 ) -> AuditRows {
     let mut audit = AuditRows::default();
@@ -28,6 +30,7 @@ pub(super) fn enroll_audit(
         serde_json::json!({
             "rack_id": rack_id,
             "key_fingerprint": fingerprint(public_key),
+            "signing_key_fingerprint": fingerprint(signing_key),
             "replaced_key_fingerprint": previous,
         }),
     );
@@ -35,15 +38,22 @@ pub(super) fn enroll_audit(
 }
 
 impl Store {
-    /// Records `public_key` as the key of `rack_id`, replacing any earlier
-    /// key, with an audit row `rack.enrolled` in the same transaction.
+    /// Records `public_key` (sealing) and `signing_key` (Ed25519) as the
+    /// keys of `rack_id`, replacing any earlier ones, with an audit row
+    /// `rack.enrolled` in the same transaction.
     pub async fn enroll_rack(
         &self,
         rack_id: &str,
         public_key: &[u8; 32],
+        signing_key: &[u8; 32],
         actor: &str,
     ) -> Result<()> {
-        on_backend!(self, s => s.enroll_rack(rack_id, public_key, actor).await)
+        on_backend!(self, s => s.enroll_rack(rack_id, public_key, signing_key, actor).await)
+    }
+
+    /// The Ed25519 key `rack_id` signs its messages with, if it enrolled one.
+    pub async fn rack_signing_key(&self, rack_id: &str) -> Result<Option<[u8; 32]>> {
+        on_backend!(self, s => s.rack_signing_key(rack_id).await)
     }
 
     /// The key `rack_id` enrolled with, if it has.

@@ -51,6 +51,19 @@ pub fn psql(sql: &str) {
         .output();
 }
 
+/// Runs `sql` on database `db`, which must succeed.
+pub fn psql_on(db: &str, sql: &str) {
+    let out = Command::new("psql")
+        .args(["-h", "127.0.0.1", "-U", "postgres", "-d", db, "-qc", sql])
+        .output()
+        .expect("psql runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A fresh vhost, deleted on drop.
 pub struct Vhost {
     pub name: String,
@@ -415,8 +428,18 @@ impl FakeWorker {
         Self { conn, channel }
     }
 
+    /// Publishes `payload`, signed as the rack its `rack_id` names (with
+    /// that rack's test key), as that rack's worker would; unsigned when it
+    /// names none.
     pub async fn publish(&self, exchange: &str, key: &str, payload: &[u8]) {
-        let props = cardfleet::broker::properties(&Uuid::new_v4().to_string(), "test");
+        let rack = serde_json::from_slice::<Value>(payload)
+            .ok()
+            .and_then(|v| v["rack_id"].as_str().map(str::to_owned));
+        let id = Uuid::new_v4().to_string();
+        let props = match rack {
+            Some(rack) => signed_properties(&rack, &id, "test", payload),
+            None => cardfleet::broker::properties(&id, "test"),
+        };
         let ok = cardfleet::broker::publish_confirmed(&self.channel, exchange, key, payload, props)
             .await
             .unwrap();
@@ -444,9 +467,11 @@ impl FakeWorker {
                     "slot.inserted".into(),
                     BasicPublishOptions::default(),
                     &payload,
-                    cardfleet::broker::properties(
+                    signed_properties(
+                        rack,
                         &event.meta().message_id.to_string(),
                         "slot_event",
+                        &payload,
                     ),
                 )
                 .await
@@ -502,6 +527,25 @@ impl FakeWorker {
         let _ = channel.close(200, "done".into()).await;
         jobs
     }
+}
+
+/// Message properties signed by `rack` with its [`workers::test_rack_key`].
+pub fn signed_properties(
+    rack: &str,
+    message_id: &str,
+    kind: &str,
+    payload: &[u8],
+) -> lapin::BasicProperties {
+    let signer =
+        cardfleet_schemas::rack_identity::RackSigner::new(rack, &workers::test_rack_key(rack));
+    let mut headers = FieldTable::default();
+    for (name, value) in signer.headers(payload) {
+        headers.insert(
+            name.into(),
+            lapin::types::AMQPValue::LongString(value.as_str().into()),
+        );
+    }
+    cardfleet::broker::properties(message_id, kind).with_headers(headers)
 }
 
 pub fn result_for(job: &wire::InitializeJob, outcome: wire::Outcome) -> wire::ResultMessage {

@@ -101,7 +101,12 @@ pub fn test_rack_key(rack: &str) -> RackSecretKey {
 pub async fn enroll_rack(store: &Store, rack: &str) -> RackSecretKey {
     let key = test_rack_key(rack);
     store
-        .enroll_rack(rack, key.public_key().as_bytes(), "test")
+        .enroll_rack(
+            rack,
+            key.public_key().as_bytes(),
+            &cardfleet_schemas::rack_identity::verifying_key(&key),
+            "test",
+        )
         .await
         .unwrap();
     key
@@ -114,7 +119,12 @@ pub async fn enrolled_key_file(store: &Store, rack: &str, dir: &Path) -> PathBuf
     let path = dir.join(format!("{rack}.key"));
     let (key, _) = cardfleet_worker::rack_key::load_or_create(&path).unwrap();
     store
-        .enroll_rack(rack, key.public_key().as_bytes(), "test")
+        .enroll_rack(
+            rack,
+            key.public_key().as_bytes(),
+            &cardfleet_schemas::rack_identity::verifying_key(&key),
+            "test",
+        )
         .await
         .unwrap();
     path

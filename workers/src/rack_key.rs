@@ -178,13 +178,16 @@ pub async fn enroll(
 ) -> Result<Enrolment, EnrollError> {
     let base = api_url.trim_end_matches('/');
     let url = format!("{base}/v1/racks/{rack_id}/enrollment");
-    let public_key = base64::engine::general_purpose::STANDARD.encode(key.public_key().as_bytes());
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let public_key = b64.encode(key.public_key().as_bytes());
+    // The Ed25519 key the rack signs its results and events with.
+    let signing_key = b64.encode(cardfleet_schemas::rack_identity::verifying_key(key));
     tls.check_url(base)?;
     let client = tls.client(std::time::Duration::from_secs(30))?;
     let response = client
         .post(&url)
         .bearer_auth(token)
-        .json(&serde_json::json!({ "public_key": public_key }))
+        .json(&serde_json::json!({ "public_key": public_key, "signing_key": signing_key }))
         .send()
         .await
         .map_err(|source| EnrollError::Unreachable {

@@ -17,10 +17,12 @@ pub struct AuditQuery {
     pub batch_id: Option<Uuid>,
     pub card_id: Option<Uuid>,
     /// e.g. `credential.puk_read`, `job.succeeded`, `token.created`.
+    #[param(max_length = 64, pattern = "^[^\\u0000]*$")]
     pub action: Option<String>,
     /// Rows after this id (for paging: the last id seen).
     pub after: Option<i64>,
     /// 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
 }
 
@@ -36,6 +38,12 @@ pub async fn list(
         return Err(ApiError::bad_request(
             "invalid_query",
             "limit must be between 1 and 1000",
+        ));
+    }
+    if q.action.as_ref().is_some_and(|a| a.chars().count() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "action must be at most 64 characters",
         ));
     }
     let filter = AuditFilter {

@@ -35,10 +35,28 @@ pub struct ImportCard {
 /// The CSV header of a production file.
 pub const CSV_HEADER: [&str; 4] = ["card_number", "chip_serial", "card_type", "profile"];
 
+/// The CSV body of an import: the header line, then one card per line.
+#[derive(Debug)]
+pub struct CsvImport;
+
+impl utoipa::PartialSchema for CsvImport {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^card_number,chip_serial,card_type,profile(\r?\n|$)"))
+            .description(Some(
+                "`card_number,chip_serial,card_type,profile`, then one card per line",
+            ))
+            .into()
+    }
+}
+
+impl ToSchema for CsvImport {}
+
 #[utoipa::path(post, path = "/v1/cards/import", tag = "cards",
     request_body(content(
         (ImportRequest = "application/json"),
-        (String = "text/csv", example = "card_number,chip_serial,card_type,profile\nTC-1,CHIP-1,temporary,temporary-piv\n"))),
+        (CsvImport = "text/csv", example = "card_number,chip_serial,card_type,profile\nTC-1,CHIP-1,temporary,temporary-piv\n"))),
     responses((status = 200, body = ImportOutcome), (status = 400, body = crate::api::error::ErrorBody),
               (status = 413, body = crate::api::error::ErrorBody)))]
 pub async fn import(
@@ -173,16 +191,24 @@ fn parse_csv(body: &[u8]) -> Result<ParsedRows, ApiError> {
 pub struct ListQuery {
     /// Card type, e.g. `temporary`.
     #[serde(rename = "type")]
+    #[param(max_length = 64, pattern = "^[^\\u0000]*$")]
     pub card_type: Option<String>,
     /// `produced`, `initializing`, `unassigned` or `failed`.
+    #[param(value_type = Option<CardState>)]
     pub state: Option<String>,
     /// Exact card number.
+    #[param(pattern = "^[^\\u0000]*$")]
     pub card_number: Option<String>,
     /// Exact chip serial.
+    #[param(pattern = "^[^\\u0000]*$")]
     pub chip_serial: Option<String>,
     /// Cards with a job in this initialize request.
     pub batch_id: Option<Uuid>,
+    /// Items per page, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<i64>,
+    /// Items to skip, 0 to 10,000,000 (default 0).
+    #[param(minimum = 0, maximum = 10000000)]
     pub offset: Option<i64>,
 }
 
@@ -197,6 +223,12 @@ pub async fn list(
         offset: q.offset,
     }
     .resolve()?;
+    if q.card_type.as_ref().is_some_and(|t| t.chars().count() > 64) {
+        return Err(ApiError::bad_request(
+            "invalid_query",
+            "type must be at most 64 characters",
+        ));
+    }
     let card_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(CardState::parse(s).ok_or_else(|| {

@@ -21,7 +21,14 @@ use crate::store::tokens::Caller;
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PukQuery {
-    /// Why the PUK is needed (1 to 500 characters); recorded in the audit trail.
+    /// Why the PUK is needed (1 to 500 characters, not only spaces);
+    /// recorded in the audit trail.
+    #[param(
+        required = true,
+        min_length = 1,
+        max_length = 500,
+        pattern = "^[^\\u0000]*[^\\s\\u0000][^\\u0000]*$"
+    )]
     pub reason: Option<String>,
 }
 

@@ -7,7 +7,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use serde_json::json;
-use utoipa::OpenApi;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -48,8 +47,8 @@ pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     )
 }
 
-pub async fn openapi() -> impl IntoResponse {
-    Json(crate::api::ApiDoc::openapi())
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    Json(crate::api::openapi::document(state.max_batch_cards))
 }
 
 pub async fn not_found() -> ApiError {

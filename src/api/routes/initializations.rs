@@ -31,15 +31,74 @@ pub struct InitializeRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct InitializeFilter {
+    /// Card type, e.g. `temporary`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^[a-z0-9-]{1,32}$")]
     pub card_type: String,
     /// Must be `produced`: only produced cards can be initialized.
+    #[schema(value_type = FilterState)]
     pub state: String,
+    /// Most cards to take, 1 to `http.max_batch_cards` (default 100,000;
+    /// more is refused with 413).
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "integral")]
     pub limit: i64,
 }
 
+/// An integer, also when written with a zero fraction (`5.0`), as JSON
+/// Schema's `integer` allows.
+fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    if let Some(n) = number.as_i64() {
+        return Ok(n);
+    }
+    match number.as_f64() {
+        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom("limit must be an integer")),
+    }
+}
+
+/// The one state a filter may name (the request's schema only).
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum FilterState {
+    Produced,
+}
+
+/// An initialize request names its cards in exactly one way (the
+/// request's schema; parsed as [`InitializeRequest`]).
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub enum InitializeRequestBody {
+    /// Cards by id.
+    #[schema(title = "by card ids")]
+    ByIds(InitializeByIds),
+    /// Produced cards of a type.
+    #[schema(title = "by filter")]
+    ByFilter(InitializeByFilter),
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct InitializeByIds {
+    /// Cards to initialize (1 to `http.max_batch_cards`, more is refused
+    /// with 413); a card named twice is handled once.
+    #[schema(min_items = 1)]
+    card_ids: Vec<Uuid>,
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct InitializeByFilter {
+    filter: InitializeFilter,
+}
+
 #[utoipa::path(post, path = "/v1/initializations", tag = "initializations",
-    request_body = InitializeRequest,
+    request_body = InitializeRequestBody,
     responses((status = 202, body = InitializeOutcome),
               (status = 400, body = crate::api::error::ErrorBody),
               (status = 409, description = "process_disabled", body = crate::api::error::ErrorBody),

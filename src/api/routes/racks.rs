@@ -28,7 +28,8 @@ pub async fn dead_letters(
 /// Puts a quarantined slot back into service; the rack's worker is told
 /// through the control exchange.
 #[utoipa::path(post, path = "/v1/racks/{rack_id}/slots/{slot}/release", tag = "racks",
-    params(("rack_id" = String, Path), ("slot" = u16, Path)),
+    params(("rack_id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$"),
+           ("slot" = u16, Path, minimum = 0, maximum = 65535)),
     responses((status = 202, description = "release sent to the worker"),
               (status = 404, body = crate::api::error::ErrorBody)))]
 pub async fn release_slot(
@@ -55,7 +56,12 @@ pub async fn release_slot(
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentRequest {
     /// Standard base64 of the rack's 32-byte X25519 public key.
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
     pub public_key: String,
+    /// Standard base64 of the rack's 32-byte Ed25519 public key, which
+    /// verifies the signatures on the rack's results and events.
+    #[schema(pattern = "^[A-Za-z0-9+/]{43}=$")]
+    pub signing_key: String,
 }
 
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -74,16 +80,16 @@ fn parse_public_key(text: &str) -> Option<[u8; 32]> {
     (key != [0u8; 32]).then_some(key)
 }
 
-/// Enrolls a rack's public key (role worker, with the single-use enrollment
+/// Enrolls a rack's public keys (role worker, with the single-use enrollment
 /// token `cardfleet racks enroll-token RACK_ID` made for this rack). The
 /// token is consumed first; a used, revoked or expired token is refused
 /// with 401, a token for another rack with 403.
 #[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment", tag = "racks",
-    params(("rack_id" = String, Path)), request_body = EnrollmentRequest,
+    params(("rack_id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")), request_body = EnrollmentRequest,
     responses((status = 201, body = Enrollment),
               (status = 401, description = "unauthenticated: unknown, used, revoked or expired token", body = crate::api::error::ErrorBody),
               (status = 403, description = "forbidden: not an enrollment token for this rack", body = crate::api::error::ErrorBody),
-              (status = 422, description = "invalid_public_key", body = crate::api::error::ErrorBody)))]
+              (status = 422, description = "invalid_public_key or invalid_signing_key", body = crate::api::error::ErrorBody)))]
 pub async fn enroll(
     State(state): State<AppState>,
     caller: Caller,
@@ -104,6 +110,15 @@ pub async fn enroll(
             "public_key must be standard base64 of a 32-byte X25519 public key",
         )
     })?;
+    let signing_key = parse_public_key(&body.signing_key)
+        .filter(cardfleet_schemas::rack_identity::is_valid_verifying_key)
+        .ok_or_else(|| {
+            ApiError::new(
+                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_signing_key",
+                "signing_key must be standard base64 of a 32-byte Ed25519 public key",
+            )
+        })?;
     // Consume first: a token that enrolled once can never enroll again,
     // even if storing the key fails and must be retried with a new token.
     if !state.store.consume_token(&caller).await? {
@@ -113,7 +128,7 @@ pub async fn enroll(
     }
     state
         .store
-        .enroll_rack(rack.as_str(), &key, &caller.name)
+        .enroll_rack(rack.as_str(), &key, &signing_key, &caller.name)
         .await?;
     tracing::info!(rack.id = %rack.as_str(), token = %caller.name, "rack enrolled");
     Ok((

@@ -2,29 +2,43 @@
 //! revoke. `cardfleet tokens` does the same directly on the database.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use crate::api::AppState;
-use crate::api::error::{ApiError, ApiJson};
+use crate::api::error::{ApiError, ApiJson, IdPath};
 use crate::store::StoreError;
 use crate::store::tokens::{Caller, NewToken, Role, TokenView};
 
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
+    /// 1 to 64 characters of A-Z, a-z, 0-9, `-`, `_`, `.`, `@`.
+    #[schema(pattern = "^[A-Za-z0-9_.@-]{1,64}$")]
     pub name: String,
     /// One or more of admin, operator, officer, auditor (enrollment tokens
     /// for workers come from `cardfleet racks enroll-token`).
+    #[schema(min_items = 1, inline, value_type = Vec<ApiRole>)]
     pub roles: Vec<String>,
     /// Days until the token expires, 1 to 3650; default
     /// `tokens.default_ttl_days` (0 there: never).
     #[serde(default)]
     #[schema(minimum = 1, maximum = 3650)]
     pub ttl_days: Option<u32>,
+}
+
+/// The roles an API token may be created with (the request's schema only).
+#[derive(Debug, ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum ApiRole {
+    Admin,
+    Operator,
+    Officer,
+    Auditor,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -96,14 +110,24 @@ pub async fn create(
 }
 
 #[utoipa::path(post, path = "/v1/tokens/{name}/revoke", tag = "tokens",
-    params(("name" = String, Path)),
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9_.@-]{1,64}$")),
     responses((status = 204, description = "revoked (or already revoked)"),
-              (status = 404, body = crate::api::error::ErrorBody)))]
+              (status = 404, body = crate::api::error::ErrorBody),
+              (status = 409, description = "own_token: the token of the request itself", body = crate::api::error::ErrorBody)))]
 pub async fn revoke(
     State(state): State<AppState>,
     caller: Caller,
-    Path(name): Path<String>,
+    IdPath(name): IdPath<String>,
 ) -> Result<StatusCode, ApiError> {
+    // Revoking the token the request came with would lock its holder out
+    // mid-session; another admin (or the CLI) revokes it.
+    if name == caller.name {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "own_token",
+            "a token cannot revoke itself; revoke it with another admin token or the CLI",
+        ));
+    }
     match state.store.revoke_token(&name, &caller.name).await {
         Ok(()) => {
             tracing::info!(token = %name, actor = %caller.name, "API token revoked");

@@ -10,8 +10,7 @@ use crate::store::cards::{
 };
 use crate::store::{Result, StoreError};
 
-const CARD_COLUMNS: &str =
-    "id, card_number, chip_serial, card_type, profile, state, state_reason, updated_at";
+const CARD_COLUMNS: &str = "id, card_number, chip_serial, card_type, profile, state, state_reason, updated_at, management_key_kdf";
 
 fn card_from_row(row: &sqlx::postgres::PgRow) -> Result<CardSummary> {
     let state: String = row.try_get("state")?;
@@ -24,6 +23,7 @@ fn card_from_row(row: &sqlx::postgres::PgRow) -> Result<CardSummary> {
         state: CardState::parse(&state).unwrap_or(CardState::Failed),
         state_reason: row.try_get("state_reason")?,
         updated_at: row.try_get("updated_at")?,
+        management_key_kdf: row.try_get("management_key_kdf")?,
     })
 }
 

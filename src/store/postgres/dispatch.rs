@@ -19,7 +19,7 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let rows = sqlx::query(
             "SELECT o.id AS outbox_id, o.rack_id, j.id AS job_id, j.batch_id, j.state,
-                    c.id AS card_id, c.card_number, c.chip_serial, c.profile,
+                    c.id AS card_id, c.card_number, c.chip_serial, c.profile, c.management_key_kdf,
                     cr.key_id, cr.pin_nonce, cr.pin_ct, cr.puk_nonce, cr.puk_ct
              FROM outbox o
              JOIN jobs j ON j.id = o.job_id
@@ -43,6 +43,7 @@ impl PgStore {
                     card_number: r.try_get("card_number")?,
                     chip_serial: r.try_get("chip_serial")?,
                     profile: r.try_get("profile")?,
+                    management_key_kdf: r.try_get("management_key_kdf")?,
                     key_id: r.try_get("key_id")?,
                     pin: Sealed {
                         nonce: r.try_get("pin_nonce")?,

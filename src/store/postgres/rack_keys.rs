@@ -9,6 +9,7 @@ impl PgStore {
         &self,
         rack_id: &str,
         public_key: &[u8; 32],
+        signing_key: &[u8; 32],
         actor: &str,
     ) -> Result<()> {
         let mut tx = self.pool().begin().await?;
@@ -18,17 +19,18 @@ impl PgStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         sqlx::query(
-            "INSERT INTO rack_keys (rack_id, public_key, enrolled_by) VALUES ($1, $2, $3)
+            "INSERT INTO rack_keys (rack_id, public_key, signing_key, enrolled_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (rack_id) DO UPDATE
-             SET public_key = EXCLUDED.public_key, enrolled_by = EXCLUDED.enrolled_by,
+             SET public_key = EXCLUDED.public_key, signing_key = EXCLUDED.signing_key, enrolled_by = EXCLUDED.enrolled_by,
                  enrolled_at = now()",
         )
         .bind(rack_id)
         .bind(public_key.as_slice())
+        .bind(signing_key.as_slice())
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        enroll_audit(rack_id, public_key, before.as_deref())
+        enroll_audit(rack_id, public_key, signing_key, before.as_deref())
             .insert_pg(&mut tx, actor)
             .await?;
         tx.commit().await?;
@@ -45,5 +47,17 @@ impl PgStore {
                 .fetch_optional(self.pool())
                 .await?;
         Ok(stored_key(key))
+    }
+
+    pub(in crate::store) async fn rack_signing_key(
+        &self,
+        rack_id: &str,
+    ) -> Result<Option<[u8; 32]>> {
+        let key: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT signing_key FROM rack_keys WHERE rack_id = $1")
+                .bind(rack_id)
+                .fetch_optional(self.pool())
+                .await?;
+        Ok(stored_key(key.flatten()))
     }
 }

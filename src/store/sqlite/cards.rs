@@ -14,7 +14,7 @@ use crate::store::{Result, StoreError};
 
 macro_rules! card_columns {
     () => {
-        "id, card_number, chip_serial, card_type, profile, state, state_reason, updated_at"
+        "id, card_number, chip_serial, card_type, profile, state, state_reason, updated_at, management_key_kdf"
     };
 }
 
@@ -29,6 +29,7 @@ fn card_from_row(row: &SqliteRow) -> Result<CardSummary> {
         state: CardState::parse(&state).unwrap_or(CardState::Failed),
         state_reason: row.try_get("state_reason")?,
         updated_at: row.try_get("updated_at")?,
+        management_key_kdf: row.try_get("management_key_kdf")?,
     })
 }
 

@@ -28,7 +28,7 @@ impl SqliteStore {
         let guard = self.outbox_claim.clone().lock_owned().await;
         let rows = sqlx::query(
             "SELECT o.id AS outbox_id, o.rack_id, j.id AS job_id, j.batch_id, j.state,
-                    c.id AS card_id, c.card_number, c.chip_serial, c.profile,
+                    c.id AS card_id, c.card_number, c.chip_serial, c.profile, c.management_key_kdf,
                     cr.key_id, cr.pin_nonce, cr.pin_ct, cr.puk_nonce, cr.puk_ct
              FROM outbox o
              JOIN jobs j ON j.id = o.job_id
@@ -51,6 +51,7 @@ impl SqliteStore {
                     card_number: r.try_get("card_number")?,
                     chip_serial: r.try_get("chip_serial")?,
                     profile: r.try_get("profile")?,
+                    management_key_kdf: r.try_get("management_key_kdf")?,
                     key_id: r.try_get("key_id")?,
                     pin: Sealed {
                         nonce: r.try_get("pin_nonce")?,

@@ -9,6 +9,7 @@ impl SqliteStore {
         &self,
         rack_id: &str,
         public_key: &[u8; 32],
+        signing_key: &[u8; 32],
         actor: &str,
     ) -> Result<()> {
         let mut tx = self.write().await?;
@@ -18,18 +19,19 @@ impl SqliteStore {
                 .fetch_optional(&mut *tx)
                 .await?;
         sqlx::query(concat!(
-            "INSERT INTO rack_keys (rack_id, public_key, enrolled_by) VALUES ($1, $2, $3)
+            "INSERT INTO rack_keys (rack_id, public_key, signing_key, enrolled_by) VALUES ($1, $2, $3, $4)
              ON CONFLICT (rack_id) DO UPDATE
-             SET public_key = excluded.public_key, enrolled_by = excluded.enrolled_by,
+             SET public_key = excluded.public_key, signing_key = excluded.signing_key, enrolled_by = excluded.enrolled_by,
                  enrolled_at = ",
             now!()
         ))
         .bind(rack_id)
         .bind(public_key.as_slice())
+        .bind(signing_key.as_slice())
         .bind(actor)
         .execute(&mut *tx)
         .await?;
-        enroll_audit(rack_id, public_key, before.as_deref())
+        enroll_audit(rack_id, public_key, signing_key, before.as_deref())
             .insert_sqlite(&mut tx, actor)
             .await?;
         tx.commit().await?;
@@ -46,5 +48,17 @@ impl SqliteStore {
                 .fetch_optional(&self.reader)
                 .await?;
         Ok(stored_key(key))
+    }
+
+    pub(in crate::store) async fn rack_signing_key(
+        &self,
+        rack_id: &str,
+    ) -> Result<Option<[u8; 32]>> {
+        let key: Option<Option<Vec<u8>>> =
+            sqlx::query_scalar("SELECT signing_key FROM rack_keys WHERE rack_id = $1")
+                .bind(rack_id)
+                .fetch_optional(&self.reader)
+                .await?;
+        Ok(stored_key(key.flatten()))
     }
 }

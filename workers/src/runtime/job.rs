@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cardfleet_schemas::bus::{Confirm, Delivery, Props, Publisher};
+use cardfleet_schemas::rack_identity::RackSigner;
 use cardfleet_schemas::sealing::{self, RackSecretKey, SECRETS_UNOPENABLE, SealError};
 use cardfleet_schemas::{
     self as wire, CardSecrets, EncodeResult, Failure, InitializeJob, JobStarted, Meta, Outcome,
@@ -172,6 +173,7 @@ async fn run_decoded(
     // Sent now, confirmed before the ack: the card need not wait for it.
     let started = start_publish(
         publisher,
+        &shared.signer,
         &ResultMessage::JobStarted(JobStarted {
             meta: Meta::now(),
             job_id: job.job_id,
@@ -437,22 +439,35 @@ async fn publish_result(
         finished_at: chrono::Utc::now(),
         public_keys: report.public_keys,
     });
-    publish(publisher, &message).await
+    publish(publisher, &shared.signer, &message).await
 }
 
-async fn publish(publisher: &Publisher, message: &ResultMessage) -> anyhow::Result<()> {
-    confirmed(start_publish(publisher, message).await?).await
+async fn publish(
+    publisher: &Publisher,
+    signer: &RackSigner,
+    message: &ResultMessage,
+) -> anyhow::Result<()> {
+    confirmed(start_publish(publisher, signer, message).await?).await
 }
 
 /// Sends a message to the results exchange; await [`confirmed`] on the
 /// returned confirm before relying on it.
-async fn start_publish(publisher: &Publisher, message: &ResultMessage) -> anyhow::Result<Confirm> {
+async fn start_publish(
+    publisher: &Publisher,
+    signer: &RackSigner,
+    message: &ResultMessage,
+) -> anyhow::Result<Confirm> {
     let payload = serde_json::to_vec(message)?;
     let kind = match message {
         ResultMessage::JobStarted(_) => "job_started",
         ResultMessage::EncodeResult(_) => "encode_result",
     };
-    let props = Props::new(&message.meta().message_id.to_string(), kind);
+    let props = super::signed_props(
+        signer,
+        &message.meta().message_id.to_string(),
+        kind,
+        &payload,
+    );
     Ok(publisher
         .publish(
             wire::RESULTS_EXCHANGE,

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use cardfleet_schemas::amqp as broker;
 use cardfleet_schemas::bus::{Bus, Props, Publisher};
+use cardfleet_schemas::rack_identity::RackSigner;
 use cardfleet_schemas::sealing::RackSecretKey;
 use cardfleet_schemas::{
     self as wire, ControlMessage, EventMessage, Meta, SlotEvent, SlotEventKind, WorkerHeartbeat,
@@ -90,6 +91,8 @@ struct Shared {
     outgoing: mpsc::UnboundedSender<EventMessage>,
     metrics: WorkerMetrics,
     slot_gauges: SlotStateGauges,
+    /// Signs every result and event with the rack's enrolled key.
+    signer: RackSigner,
 }
 
 impl Shared {
@@ -146,7 +149,9 @@ pub async fn run(
     let (outgoing, mut outgoing_rx) = mpsc::unbounded_channel();
     let slot_count = u16::try_from(rack.slots.len()).unwrap_or(u16::MAX);
     let slot_gauges = metrics.for_rack(&config.rack_id, slot_count);
+    let signer = RackSigner::new(&config.rack_id, &config.rack_key);
     let shared = Arc::new(Shared {
+        signer,
         directory: Mutex::new(Directory::new(slot_count, config.quarantine_after)),
         config,
         slots: rack.slots,
@@ -235,7 +240,7 @@ async fn session(
 
     // Resynchronise the control plane with a heartbeat straight away.
     if let Some(hb) = shared.heartbeat(0) {
-        publish_event(&publisher, &hb).await?;
+        publish_event(&publisher, &shared.signer, &hb).await?;
     }
     let mut tasks = tokio::task::JoinSet::new();
     let mut heartbeat = tokio::time::interval(config.heartbeat_interval);
@@ -266,14 +271,14 @@ async fn session(
                         Err(_) => break,
                     }
                 }
-                if let Err(e) = publish_events(&publisher, &events).await {
+                if let Err(e) = publish_events(&publisher, &shared.signer, &events).await {
                     // Lost events are repaired by the next heartbeat's slot list.
                     break Err(e);
                 }
             }
             _ = heartbeat.tick() => {
                 if let Some(hb) = shared.heartbeat(u32::try_from(tasks.len()).unwrap_or(u32::MAX)) {
-                    publish_event(&publisher, &hb).await?;
+                    publish_event(&publisher, &shared.signer, &hb).await?;
                     let now = chrono::Utc::now().timestamp_millis() as f64 / 1000.0;
                     shared.metrics.heartbeat.with_label_values(&[&config.rack_id]).set(now);
                 }
@@ -299,7 +304,10 @@ async fn session(
         }
     }
     while let Ok(event) = outgoing.try_recv() {
-        if publish_event(&publisher, &event).await.is_err() {
+        if publish_event(&publisher, &shared.signer, &event)
+            .await
+            .is_err()
+        {
             break;
         }
     }
@@ -309,13 +317,21 @@ async fn session(
     stop
 }
 
-async fn publish_event(channel: &Publisher, event: &EventMessage) -> anyhow::Result<()> {
-    publish_events(channel, std::slice::from_ref(event)).await
+async fn publish_event(
+    channel: &Publisher,
+    signer: &RackSigner,
+    event: &EventMessage,
+) -> anyhow::Result<()> {
+    publish_events(channel, signer, std::slice::from_ref(event)).await
 }
 
 /// Publishes events in order with every publish in flight, then awaits the
 /// broker's confirms.
-async fn publish_events(channel: &Publisher, events: &[EventMessage]) -> anyhow::Result<()> {
+async fn publish_events(
+    channel: &Publisher,
+    signer: &RackSigner,
+    events: &[EventMessage],
+) -> anyhow::Result<()> {
     let mut confirms = Vec::with_capacity(events.len());
     for event in events {
         let (key, kind) = match event {
@@ -323,7 +339,7 @@ async fn publish_events(channel: &Publisher, events: &[EventMessage]) -> anyhow:
             EventMessage::WorkerHeartbeat(_) => ("heartbeat".to_owned(), "heartbeat"),
         };
         let payload = serde_json::to_vec(event)?;
-        let props = Props::new(&event.meta().message_id.to_string(), kind);
+        let props = signed_props(signer, &event.meta().message_id.to_string(), kind, &payload);
         let confirm = channel
             .publish(wire::EVENTS_EXCHANGE, &key, &payload, &props, true)
             .await?;
@@ -335,6 +351,15 @@ async fn publish_events(channel: &Publisher, events: &[EventMessage]) -> anyhow:
         }
     }
     Ok(())
+}
+
+/// Properties of a message the rack publishes, with its signature headers.
+fn signed_props(signer: &RackSigner, message_id: &str, kind: &str, payload: &[u8]) -> Props {
+    let mut props = Props::new(message_id, kind);
+    for (name, value) in signer.headers(payload) {
+        props.set_header(name, &value);
+    }
+    props
 }
 
 fn on_control(shared: &Arc<Shared>, data: &[u8]) {
