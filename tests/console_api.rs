@@ -204,6 +204,16 @@ async fn a_dead_slot_event_is_redriven_once_and_jobs_or_unreadable_letters_are_n
                 "cardfleet.rack.rack-redrive",
                 r#"{"secrets":"<redacted>"}"#.into(),
             ),
+            // An event of another slot that no enrolled rack signed.
+            DeadLetter::new(
+                cardfleet_schemas::SLOT_EVENTS_QUEUE,
+                cardfleet::rack_identity::UNAUTHENTICATED_RACK,
+                None,
+                serde_json::to_string(&event)
+                    .unwrap()
+                    .replace("\"slot\":3", "\"slot\":4")
+                    .as_bytes(),
+            ),
         ])
         .await
         .unwrap();
@@ -213,7 +223,7 @@ async fn a_dead_slot_event_is_redriven_once_and_jobs_or_unreadable_letters_are_n
             .as_array()
             .unwrap()
             .iter()
-            .find(|d| d["source"] == source)
+            .find(|d| d["source"] == source && d["reason"] == "delivery limit")
             .unwrap()["id"]
             .as_i64()
             .unwrap()
@@ -264,6 +274,17 @@ async fn a_dead_slot_event_is_redriven_once_and_jobs_or_unreadable_letters_are_n
     let r = redrive(job_id).await;
     assert_eq!(r.status, 409, "{}", r.body);
     assert_eq!(r.body["code"], "not_redrivable");
+    let forged_id = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["reason"] == cardfleet::rack_identity::UNAUTHENTICATED_RACK)
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let r = redrive(forged_id).await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.body["code"], "not_redrivable");
     let r = redrive(987_654).await;
     assert_eq!(r.status, 404, "{}", r.body);
     assert_eq!(r.body["code"], "unknown_dead_letter");
@@ -309,16 +330,21 @@ async fn an_admin_makes_a_single_use_enrollment_token_for_a_rack() {
 
     // It enrolls that rack once, and nothing else.
     let key = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
+    let signing_key = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        cardfleet_schemas::rack_identity::verifying_key(&support::workers::test_rack_key("rack-e")),
+    );
     let enroll = |rack: &'static str| {
         let secret = secret.clone();
         let key = key.clone();
+        let signing_key = signing_key.clone();
         let app = &app;
         async move {
             app.call_as(
                 Some(&secret),
                 Method::POST,
                 &format!("/v1/racks/{rack}/enrollment"),
-                Some(json!({ "public_key": key })),
+                Some(json!({ "public_key": key, "signing_key": signing_key })),
             )
             .await
         }

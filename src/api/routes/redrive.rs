@@ -56,7 +56,7 @@ fn decode<T: serde::de::DeserializeOwned>(
     params(("id" = i64, Path)),
     responses((status = 200, body = Redriven),
               (status = 404, description = "unknown_dead_letter", body = crate::api::error::ErrorBody),
-              (status = 409, description = "already_redriven, or not_redrivable (a job, or a message that still cannot be read)", body = crate::api::error::ErrorBody)))]
+              (status = 409, description = "already_redriven, or not_redrivable (a job, a message that still cannot be read, or one without its rack's valid signature)", body = crate::api::error::ErrorBody)))]
 pub async fn redrive(
     State(state): State<AppState>,
     caller: Caller,
@@ -71,6 +71,18 @@ pub async fn redrive(
     let letter = state.store.dead_letter(id).await.map_err(unknown)?;
     if letter.redriven_at.is_some() {
         return Err(ApiError::from(crate::store::redrive::already_redriven()));
+    }
+    // A message no enrolled rack vouched for is never applied, whoever asks.
+    if [
+        crate::rack_identity::UNAUTHENTICATED_RACK,
+        crate::rack_identity::RACK_MISMATCH,
+    ]
+    .contains(&letter.reason.as_str())
+    {
+        return Err(not_redrivable(
+            "the message carries no valid signature of the rack it speaks for; \
+             it is never applied (the rack's own worker sends it again)",
+        ));
     }
     match letter.source.as_str() {
         wire::RESULTS_QUEUE => {
