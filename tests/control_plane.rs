@@ -571,6 +571,11 @@ async fn a_nul_byte_poison_message_is_dead_lettered_once_and_later_heartbeats_st
         ))
         .unwrap()
     };
+    // Signed by enrolled racks, so only the NUL decides their fate.
+    support::workers::enroll_rack(&app.store, "rack-nul").await;
+    for i in 0..10 {
+        support::workers::enroll_rack(&app.store, &format!("rack-hb-{i}")).await;
+    }
     let refused_heartbeat = heartbeat("rack-nul", "w\u{0}");
     worker
         .publish(wire::EVENTS_EXCHANGE, "heartbeat", &refused_heartbeat)

@@ -260,13 +260,23 @@ mod tests {
     }
 
     #[test]
-    fn only_health_readiness_and_the_description_are_public() {
+    fn only_health_readiness_the_description_and_the_console_files_are_public() {
         let public: Vec<&str> = ROUTES
             .iter()
             .filter(|(_, _, a)| *a == Access::Public)
             .map(|(_, r, _)| *r)
             .collect();
-        assert_eq!(public, ["/healthz", "/readyz", "/openapi.json"]);
+        assert_eq!(
+            public,
+            [
+                "/healthz",
+                "/readyz",
+                "/openapi.json",
+                "/console",
+                "/console/",
+                "/console/{asset}"
+            ]
+        );
         assert!(!ROUTES.iter().any(|(_, r, _)| *r == "/metrics"));
     }
 
