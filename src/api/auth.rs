@@ -22,6 +22,7 @@ pub const ROUTE_ROLES: &[(Method, &str, &[Role])] = &[
     (Method::GET, "/v1/cards", &[Operator]),
     (Method::GET, "/v1/cards/{card_id}", &[Operator]),
     (Method::GET, "/v1/cards/{card_id}/puk", &[Officer]),
+    (Method::POST, "/v1/cards/{card_id}/rerun", &[Operator]),
     (
         Method::GET,
         "/v1/processes/initialize-temporary-card",

@@ -4,7 +4,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::api::error::ErrorBody;
-use crate::api::routes::{audit, cards, escrow, initializations, processes, racks, tokens};
+use crate::api::routes::{
+    audit, cards, escrow, in_doubt, initializations, processes, racks, tokens,
+};
 use crate::domain::{CardState, JobState};
 use crate::store::audit::AuditEntry;
 use crate::store::cards::{CardDetail, CardSummary, ImportOutcome, JobHistoryEntry, RowRejection};
@@ -29,6 +31,7 @@ use crate::store::tokens::{Role, TokenView};
         cards::import,
         cards::list,
         cards::detail,
+        in_doubt::rerun,
         processes::get_process,
         processes::put_process,
         initializations::submit,
@@ -65,6 +68,7 @@ use crate::store::tokens::{Role, TokenView};
         InitializeOutcome,
         CardRejection,
         CancelOutcome,
+        in_doubt::Rerun,
         BatchStatus,
         BatchCard,
         RackView,
