@@ -242,3 +242,45 @@ async fn a_pin_blocked_before_initialization_fails_the_card_for_good() {
         "{c}"
     );
 }
+
+/// Issue 12, "failure after the credentials were written": the card used to
+/// go back to `produced` with revoked credentials its chip held. Now it is
+/// `in_doubt`, the credentials stay escrowed, and the escrowed PIN verifies
+/// on the chip.
+#[tokio::test]
+async fn a_failure_after_the_pin_was_written_leaves_the_card_in_doubt_with_a_pin_that_verifies() {
+    let app = spawn_app().await;
+    import_serials(&app, 21..=21).await;
+    app.enable().await;
+    // Key generation comes after the PIN and PUK changes; the chip answers
+    // it with a status word the engine has no rule for.
+    let mut faulty = SimCard::new(21);
+    faulty.faults.status_word = Some((0x47, 0x6F00));
+    let worker = TestWorker::start(&app, "rack-d", 1, vec![faulty], &[]);
+    let batch = app.submit_all(1).await;
+    let status = wait_finished(&app, &batch, WAIT).await;
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    let detail = card(&app, 21).await;
+    assert_eq!(detail["state"], "in_doubt", "{detail}");
+    assert!(
+        detail["state_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unexpected_status"),
+        "{detail}"
+    );
+    let status: String = sqlx::query_scalar(
+        "SELECT cr.status FROM credentials cr JOIN cards c ON c.id = cr.card_id
+         WHERE c.chip_serial = '21'",
+    )
+    .fetch_one(app.store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(status, "pending", "escrowed, never revoked");
+    let mut tray = worker.stop().await.take();
+    let pin = stored_pin(&app, "21").await;
+    assert!(
+        verify_pin(&mut tray[0], &pin),
+        "the escrowed PIN is on the chip"
+    );
+}
