@@ -14,14 +14,18 @@ pub enum CardState {
     Initializing,
     Unassigned,
     Failed,
+    /// The chip may hold the new credentials of a job that did not succeed:
+    /// they stay escrowed until the job runs again or the card is reset.
+    InDoubt,
 }
 
 impl CardState {
-    pub const ALL: [CardState; 4] = [
+    pub const ALL: [CardState; 5] = [
         CardState::Produced,
         CardState::Initializing,
         CardState::Unassigned,
         CardState::Failed,
+        CardState::InDoubt,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -30,6 +34,7 @@ impl CardState {
             CardState::Initializing => "initializing",
             CardState::Unassigned => "unassigned",
             CardState::Failed => "failed",
+            CardState::InDoubt => "in_doubt",
         }
     }
 
@@ -46,7 +51,11 @@ impl CardState {
                 | (Initializing, Unassigned)
                 | (Initializing, Produced)
                 | (Initializing, Failed)
+                | (Initializing, InDoubt)
         )
+        // An in-doubt card leaves its state only by an operator's action
+        // on its existing job and credentials (`Store::rerun_in_doubt`),
+        // never as a fresh card with new ones.
     }
 }
 

@@ -357,7 +357,7 @@ impl Ledger {
                 let code = if reason.starts_with(SECRETS_UNOPENABLE) {
                     SECRETS_UNOPENABLE
                 } else {
-                    "dead_lettered"
+                    crate::store::ledger::DEAD_LETTERED
                 };
                 exhausted.push(ResultMessage::EncodeResult(EncodeResult {
                     meta: Meta::now(),

@@ -105,6 +105,13 @@ async fn every_endpoint_admits_exactly_its_roles_and_nothing_without_a_token() {
             allowed: &[Officer],
         },
         Endpoint {
+            method: Method::POST,
+            route: "/v1/cards/{card_id}/rerun",
+            path: format!("/v1/cards/{card}/rerun"),
+            body: None,
+            allowed: &[Operator],
+        },
+        Endpoint {
             method: Method::GET,
             route: "/v1/processes/initialize-temporary-card",
             path: "/v1/processes/initialize-temporary-card".into(),

@@ -418,6 +418,8 @@ async fn failures_send_cards_back_to_stock_or_to_failed_with_the_reason_kept() {
     for job in &jobs {
         let mut result = result_for(job, Outcome::Failed);
         if let wire::ResultMessage::EncodeResult(r) = &mut result {
+            // The card failed before any write step: nothing new is on the chip.
+            r.steps.clear();
             let unusable = job.card_id == ids[0];
             r.failure = Some(wire::Failure {
                 code: if unusable {

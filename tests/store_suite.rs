@@ -392,7 +392,7 @@ fn finished(
         outcome,
         failure,
         steps: vec![StepReport {
-            step: "set_pin".into(),
+            step: "probe".into(),
             status: StepStatus::Done,
             duration_ms: 1.5,
             detail: Some("first \"quoted\" detail".into()),
@@ -570,7 +570,7 @@ async fn card_detail_shows_the_job_history_and_unknown_cards_are_not_found(db: D
         Some("card_mute: card_mute happened")
     );
     let steps = first.steps.as_ref().expect("steps are kept");
-    assert_eq!(steps[0]["step"], "set_pin");
+    assert_eq!(steps[0]["step"], "probe");
     assert_eq!(steps[0]["detail"], "first \"quoted\" detail");
     assert_eq!(detail.jobs[1].state, "queued");
     assert!(first.created_at <= detail.jobs[1].created_at);
@@ -1006,6 +1006,96 @@ async fn a_failure_returns_the_card_to_produced_unless_the_card_is_unusable(db: 
         db.job_state(ids[0]).await,
         "queued",
         "the chip is still in its slot"
+    );
+}
+
+/// Issue 12, "failure after the credentials were written": the card used
+/// to go back to `produced` with its credentials revoked while its chip
+/// held them. It now waits `in_doubt` with them escrowed.
+async fn a_failure_after_a_write_keeps_the_card_in_doubt_with_escrowed_credentials(db: Db) {
+    let ids = db.import("ID", 2).await;
+    db.insert_chips("ID", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let (job0, job1) = (db.job_id(ids[0]).await, db.job_id(ids[1]).await);
+    let before = opened_credentials(&db, &db.cipher).await;
+    let written = |job, card, code: &str| {
+        let mut m = finished(job, card, Outcome::Failed, failure(code, false));
+        if let ResultMessage::EncodeResult(r) = &mut m {
+            r.steps = vec![
+                StepReport {
+                    step: "change_pin".into(),
+                    status: StepStatus::Done,
+                    duration_ms: 1.0,
+                    detail: None,
+                },
+                StepReport {
+                    step: "verify".into(),
+                    status: StepStatus::Failed,
+                    duration_ms: 1.0,
+                    detail: None,
+                },
+            ];
+        }
+        m
+    };
+    let mut dead = finished(
+        job1,
+        ids[1],
+        Outcome::Failed,
+        failure("dead_lettered", false),
+    );
+    if let ResultMessage::EncodeResult(r) = &mut dead {
+        r.steps.clear();
+    }
+    db.store
+        .apply_results(&[written(job0, ids[0], "verification_failed"), dead], ACTOR)
+        .await
+        .unwrap();
+    for (id, job) in [(ids[0], job0), (ids[1], job1)] {
+        assert_eq!(db.card_state(id).await, CardState::InDoubt);
+        assert_eq!(db.job_state(id).await, "failed");
+        assert_eq!(db.credential_status(job).await, "pending", "never revoked");
+    }
+    // Not taken as a fresh card; its escrowed PUK can reset the chip.
+    let again = db.initialize(&ids[..1]).await;
+    assert_eq!(again.rejected[0].code, "wrong_state");
+    let puk = db
+        .store
+        .read_puk(ids[0], "reset an in-doubt card", &db.cipher, "officer")
+        .await
+        .unwrap();
+    let stored = before.iter().find(|c| c.0 == job0).unwrap();
+    assert_eq!(puk.job_id, job0);
+    assert_eq!(puk.puk.expose(), stored.2);
+
+    // Run again: the same job and credentials go out once more.
+    assert_eq!(
+        db.store.rerun_in_doubt(ids[0], "operator").await.unwrap(),
+        job0
+    );
+    assert_eq!(db.card_state(ids[0]).await, CardState::Initializing);
+    assert_eq!(db.job_state(ids[0]).await, "queued");
+    assert_eq!(db.audit("job.rerun").await, 1);
+    assert!(matches!(
+        db.store.rerun_in_doubt(ids[0], "operator").await,
+        Err(StoreError::NotFound)
+    ));
+    let claim = db.store.claim_outbox(10).await.unwrap();
+    let out: Vec<Uuid> = claim.jobs.iter().map(|j| j.job_id).collect();
+    assert_eq!(out, vec![job0]);
+    claim.finish(&[0], ACTOR).await.unwrap();
+    db.store
+        .apply_results(&[finished(job0, ids[0], Outcome::Succeeded, None)], ACTOR)
+        .await
+        .unwrap();
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+    assert_eq!(db.credential_status(job0).await, "active");
+    assert_eq!(
+        opened_credentials(&db, &db.cipher).await,
+        before,
+        "same PIN and PUK"
     );
 }
 
@@ -2319,6 +2409,7 @@ store_tests!(
     a_result_may_overtake_its_started_notice_within_one_batch,
     results_for_unknown_jobs_are_reported_and_change_nothing,
     a_failure_returns_the_card_to_produced_unless_the_card_is_unusable,
+    a_failure_after_a_write_keeps_the_card_in_doubt_with_escrowed_credentials,
     slot_events_and_heartbeats_locate_chips_and_queue_waiting_jobs,
     a_removed_card_is_no_longer_located,
     racks_list_their_heartbeat_and_the_last_word_on_each_slot,

@@ -242,3 +242,81 @@ async fn a_pin_blocked_before_initialization_fails_the_card_for_good() {
         "{c}"
     );
 }
+
+/// Issue 12, "failure after the credentials were written": the card used to
+/// go back to `produced` with revoked credentials its chip held. Now it is
+/// `in_doubt`, the credentials stay escrowed, the escrowed PIN verifies on
+/// the chip, and running the job again completes the card with them.
+#[tokio::test]
+async fn a_failure_after_the_pin_was_written_leaves_the_card_in_doubt_and_a_rerun_completes_it() {
+    let app = spawn_app().await;
+    import_serials(&app, 21..=21).await;
+    app.enable().await;
+    // Key generation comes after the PIN and PUK changes; the chip answers
+    // it with a status word the engine has no rule for.
+    let dir = std::env::temp_dir().join(format!("cardfleet-in-doubt-{}", uuid::Uuid::new_v4()));
+    let state = [("simulated.state_dir", dir.display().to_string())];
+    let mut faulty = SimCard::new(21);
+    faulty.faults.status_word = Some((0x47, 0x6F00));
+    let worker = TestWorker::start(&app, "rack-d", 1, vec![faulty], &state);
+    let batch = app.submit_all(1).await;
+    let status = wait_finished(&app, &batch, WAIT).await;
+    assert_eq!(status["counts"]["failed"], 1, "{status}");
+    let detail = card(&app, 21).await;
+    assert_eq!(detail["state"], "in_doubt", "{detail}");
+    assert!(
+        detail["state_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("unexpected_status"),
+        "{detail}"
+    );
+    let status: String = sqlx::query_scalar(
+        "SELECT cr.status FROM credentials cr JOIN cards c ON c.id = cr.card_id
+         WHERE c.chip_serial = '21'",
+    )
+    .fetch_one(app.store.postgres_pool().unwrap())
+    .await
+    .unwrap();
+    assert_eq!(status, "pending", "escrowed, never revoked");
+    let mut tray = worker.stop().await.take();
+    let pin = stored_pin(&app, "21").await;
+    assert!(
+        verify_pin(&mut tray[0], &pin),
+        "the escrowed PIN is on the chip"
+    );
+
+    // The chip is healthy again; the operator runs the same job once more.
+    let mut back = SimCard::new(21);
+    back.reload = true;
+    let worker = TestWorker::start(&app, "rack-d", 1, vec![back], &state);
+    let id = detail["card_id"].as_str().unwrap();
+    let r = app.post(&format!("/v1/cards/{id}/rerun"), json!({})).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    eventually(WAIT, "the rerun job succeeds", || async {
+        card(&app, 21).await["state"] == "unassigned"
+    })
+    .await;
+    let done = card(&app, 21).await;
+    let journal = done["jobs"][0]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "read_journal")
+        .cloned()
+        .unwrap();
+    assert!(
+        journal["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("resuming this job"),
+        "the engine resumes its own work on the chip: {journal}"
+    );
+    let mut tray = worker.stop().await.take();
+    assert_eq!(stored_pin(&app, "21").await, pin, "the same credentials");
+    assert!(
+        verify_pin(&mut tray[0], &pin),
+        "the escrowed PIN is on the chip"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -42,6 +42,11 @@ pub const ROUTES: &[(Method, &str, Access)] = &[
     (Method::GET, "/v1/cards/{card_id}", roles(&[Operator])),
     (Method::GET, "/v1/cards/{card_id}/puk", roles(&[Officer])),
     (
+        Method::POST,
+        "/v1/cards/{card_id}/rerun",
+        roles(&[Operator]),
+    ),
+    (
         Method::GET,
         "/v1/processes/initialize-temporary-card",
         roles(&[Operator, Admin]),

@@ -51,6 +51,7 @@ pub fn router(state: AppState, http: &crate::settings::HttpSettings) -> Router {
         .route("/cards", get(routes::cards::list))
         .route("/cards/{card_id}", get(routes::cards::detail))
         .route("/cards/{card_id}/puk", get(routes::escrow::puk))
+        .route("/cards/{card_id}/rerun", post(routes::in_doubt::rerun))
         .route(
             "/processes/initialize-temporary-card",
             get(routes::processes::get_process).put(routes::processes::put_process),

@@ -5,7 +5,8 @@ use utoipa::{Modify, OpenApi};
 
 use crate::api::error::ErrorBody;
 use crate::api::routes::{
-    audit, cards, enrollment_tokens, escrow, initializations, me, processes, racks, redrive, tokens,
+    audit, cards, enrollment_tokens, escrow, in_doubt, initializations, me, processes, racks,
+    redrive, tokens,
 };
 use crate::domain::{CardState, JobState};
 use crate::store::audit::AuditEntry;
@@ -31,6 +32,7 @@ use crate::store::tokens::{Role, TokenView};
         cards::import,
         cards::list,
         cards::detail,
+        in_doubt::rerun,
         processes::get_process,
         processes::put_process,
         initializations::submit,
@@ -72,6 +74,7 @@ use crate::store::tokens::{Role, TokenView};
         InitializeOutcome,
         CardRejection,
         CancelOutcome,
+        in_doubt::Rerun,
         BatchStatus,
         BatchCard,
         RackView,

@@ -91,7 +91,9 @@ pub const MAX_REASON_CHARS: usize = 500;
 impl Store {
     /// Reads the PUK of the card's active credentials and audits the read as
     /// `credential.puk_read` (actor, card, job, reason) in the same
-    /// transaction. `NotFound` when the card has no active credentials.
+    /// transaction. `NotFound` when the card has no active credentials. An
+    /// `in_doubt` card's escrowed (pending) credentials are readable too, so
+    /// an operator can reset the chip.
     pub async fn read_puk(
         &self,
         card_id: Uuid,

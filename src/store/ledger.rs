@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use cardfleet_schemas::{Outcome, ResultMessage};
+use cardfleet_schemas::{EncodeResult, Outcome, ResultMessage, StepStatus};
 use uuid::Uuid;
 
 use super::audit::JobTransition;
@@ -63,10 +63,69 @@ pub struct DeadLetter {
 /// to cancel it: the card is encoded and keeps its credentials.
 pub const FINISHED_BEFORE_CANCEL: &str = "finished before the cancel reached it";
 
+/// The engine's steps that only read the card, in its fixed order; every
+/// other step may write to it.
+const READING_STEPS: [&str; 7] = [
+    "check_request",
+    "select",
+    "identify",
+    "read_journal",
+    "probe",
+    "check_pin",
+    "authenticate",
+];
+
+/// What `read_journal` reports when the card holds this job's own journal:
+/// an earlier attempt of the job began to write.
+const RESUMING: &str = "resuming this job";
+
+/// Failure codes of a write step the card refused outright: the step
+/// failed, but nothing of it reached the chip.
+const REFUSED_UNWRITTEN: [&str; 6] = [
+    "unsupported_step",
+    "transport_pin_rejected",
+    "transport_puk_rejected",
+    "pin_format_unsupported",
+    "puk_format_unsupported",
+    "management_key_unknown",
+];
+
+/// Failure code of a job the broker gave up on at its delivery limit: a
+/// worker may have written to the card before it stopped answering.
+pub const DEAD_LETTERED: &str = "dead_lettered";
+
+/// Whether a failed job's chip may hold its new credentials: a step that
+/// writes was reached (done, or failed half-way), the card carries this
+/// job's journal from an earlier attempt, or the broker gave up on the job
+/// without a word from the card. Such a card is `in_doubt`, never revoked.
+pub fn may_hold_new_credentials(r: &EncodeResult) -> bool {
+    if r.outcome != Outcome::Failed {
+        return false;
+    }
+    let code = r.failure.as_ref().map_or("", |f| f.code.as_str());
+    if r.steps.is_empty() {
+        return code == DEAD_LETTERED;
+    }
+    r.steps.iter().any(|s| {
+        if s.step == "read_journal" {
+            return s.detail.as_deref().is_some_and(|d| d.starts_with(RESUMING));
+        }
+        !READING_STEPS.contains(&s.step.as_str())
+            && match s.status {
+                StepStatus::Done | StepStatus::AlreadyDone => true,
+                // Interrupted or answered unexpectedly: the write may have landed.
+                StepStatus::Failed => !REFUSED_UNWRITTEN.contains(&code),
+                StepStatus::Unsupported | StepStatus::NotRequested => false,
+            }
+    })
+}
+
 /// The card's next state and the credentials' status after a final outcome.
-fn card_after(outcome: Outcome, card_unusable: bool) -> (CardState, &'static str) {
+/// A chip that may hold the new credentials keeps them escrowed (`pending`).
+fn card_after(outcome: Outcome, card_unusable: bool, may_hold: bool) -> (CardState, &'static str) {
     match outcome {
         Outcome::Succeeded => (CardState::Unassigned, "active"),
+        Outcome::Failed if may_hold => (CardState::InDoubt, "pending"),
         Outcome::Failed if card_unusable => (CardState::Failed, "revoked"),
         Outcome::Failed | Outcome::Cancelled => (CardState::Produced, "revoked"),
     }
@@ -129,7 +188,7 @@ pub(super) fn fold_results(
             ),
             ResultMessage::EncodeResult(r) => {
                 let unusable = r.failure.as_ref().is_some_and(|f| f.card_unusable);
-                let (card, creds) = card_after(r.outcome, unusable);
+                let (card, creds) = card_after(r.outcome, unusable, may_hold_new_credentials(r));
                 let to = match r.outcome {
                     Outcome::Succeeded => JobState::Succeeded,
                     Outcome::Failed => JobState::Failed,
@@ -208,20 +267,136 @@ mod tests {
     #[test]
     fn outcomes_map_to_card_states() {
         assert_eq!(
-            card_after(Outcome::Succeeded, false),
+            card_after(Outcome::Succeeded, false, false),
             (CardState::Unassigned, "active")
         );
         assert_eq!(
-            card_after(Outcome::Failed, true),
+            card_after(Outcome::Failed, true, false),
             (CardState::Failed, "revoked")
         );
         assert_eq!(
-            card_after(Outcome::Failed, false),
+            card_after(Outcome::Failed, false, false),
             (CardState::Produced, "revoked")
         );
         assert_eq!(
-            card_after(Outcome::Cancelled, false),
+            card_after(Outcome::Cancelled, false, false),
             (CardState::Produced, "revoked")
         );
+        assert_eq!(
+            card_after(Outcome::Failed, false, true),
+            (CardState::InDoubt, "pending")
+        );
+        assert_eq!(
+            card_after(Outcome::Failed, true, true),
+            (CardState::InDoubt, "pending")
+        );
+    }
+
+    fn step(name: &str, status: StepStatus, detail: Option<&str>) -> cardfleet_schemas::StepReport {
+        cardfleet_schemas::StepReport {
+            step: name.into(),
+            status,
+            duration_ms: 1.0,
+            detail: detail.map(str::to_owned),
+        }
+    }
+
+    fn failed(code: &str, steps: Vec<cardfleet_schemas::StepReport>) -> EncodeResult {
+        EncodeResult {
+            meta: cardfleet_schemas::Meta::now(),
+            job_id: Uuid::now_v7(),
+            batch_id: Uuid::now_v7(),
+            card_id: Uuid::now_v7(),
+            rack_id: "rack-1".into(),
+            slot: Some(1),
+            worker_id: "w".into(),
+            outcome: Outcome::Failed,
+            failure: Some(cardfleet_schemas::Failure {
+                code: code.into(),
+                message: "m".into(),
+                card_unusable: false,
+            }),
+            steps,
+            attempts: 1,
+            started_at: chrono::Utc::now(),
+            finished_at: chrono::Utc::now(),
+            public_keys: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_failure_after_a_write_step_may_leave_new_credentials_on_the_chip() {
+        use StepStatus::{Done, Failed};
+        let reads = || {
+            vec![
+                step("select", Done, None),
+                step("identify", Done, None),
+                step("read_journal", Done, Some("no journal on the card")),
+                step("probe", Done, None),
+                step("check_pin", Done, None),
+                step("authenticate", Done, None),
+            ]
+        };
+        let mut verify = reads();
+        verify.push(step("set_management_key", Done, None));
+        verify.push(step("change_pin", Done, None));
+        verify.push(step("verify", Failed, None));
+        assert!(may_hold_new_credentials(&failed(
+            "verification_failed",
+            verify
+        )));
+
+        let mut half = reads();
+        half.push(step("set_retries", Failed, None));
+        assert!(may_hold_new_credentials(&failed("unexpected_status", half)));
+
+        // The broker gave up: nobody knows what a worker wrote.
+        assert!(may_hold_new_credentials(&failed(DEAD_LETTERED, vec![])));
+
+        // An earlier attempt of this job wrote its journal.
+        let resumed = vec![
+            step("select", Done, None),
+            step("identify", Done, None),
+            step("read_journal", Done, Some("resuming this job: pin done")),
+            step("probe", Failed, None),
+        ];
+        assert!(may_hold_new_credentials(&failed("card_removed", resumed)));
+    }
+
+    #[test]
+    fn a_failure_before_any_write_leaves_the_chip_untouched() {
+        use StepStatus::{Done, Failed};
+        let mut before = vec![
+            step("select", Done, None),
+            step("identify", Done, None),
+            step("read_journal", Done, Some("no journal on the card")),
+        ];
+        before.push(step("probe", Failed, None));
+        assert!(!may_hold_new_credentials(&failed(
+            "unexpected_status",
+            before
+        )));
+        let mismatch = vec![step("select", Done, None), step("identify", Failed, None)];
+        assert!(!may_hold_new_credentials(&failed(
+            "chip_serial_mismatch",
+            mismatch
+        )));
+        assert!(!may_hold_new_credentials(&failed(
+            "secrets_unopenable",
+            vec![]
+        )));
+        // The card refused the first write step outright.
+        let refused = vec![
+            step("authenticate", Done, None),
+            step("set_retries", Failed, None),
+        ];
+        assert!(!may_hold_new_credentials(&failed(
+            "unsupported_step",
+            refused
+        )));
+        let mut ok = failed("x", vec![step("verify", Done, None)]);
+        ok.outcome = Outcome::Succeeded;
+        ok.failure = None;
+        assert!(!may_hold_new_credentials(&ok));
     }
 }

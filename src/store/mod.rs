@@ -8,6 +8,7 @@ pub mod cards;
 pub mod dispatch;
 pub mod escrow;
 pub mod gauges;
+pub mod in_doubt;
 pub mod initialize;
 pub mod ledger;
 pub mod postgres;

@@ -5,6 +5,7 @@ pub mod cards;
 pub mod enrollment_tokens;
 pub mod escrow;
 pub mod health;
+pub mod in_doubt;
 pub mod initializations;
 pub mod me;
 pub mod processes;

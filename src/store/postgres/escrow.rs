@@ -26,7 +26,11 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let row = sqlx::query(
             "SELECT job_id, key_id, puk_nonce, puk_ct FROM credentials
-             WHERE card_id = $1 AND status = 'active' ORDER BY created_at DESC LIMIT 1",
+             WHERE card_id = $1
+               AND (status = 'active'
+                    OR (status = 'pending'
+                        AND (SELECT state FROM cards WHERE id = $1) = 'in_doubt'))
+             ORDER BY created_at DESC LIMIT 1",
         )
         .bind(card_id)
         .fetch_optional(&mut *tx)

@@ -7,6 +7,7 @@ mod cards;
 mod dispatch;
 mod escrow;
 mod gauges;
+mod in_doubt;
 mod initialize;
 mod ledger;
 mod rack_keys;

@@ -1,0 +1,45 @@
+//! Cards in doubt: a job failed after it may have written its new
+//! credentials to the chip, so the card is `in_doubt` and the credentials
+//! stay escrowed (`pending`). An operator either runs the job again (this
+//! module: the same job, with the same credentials, goes back to `queued`;
+//! the engine finds its journal on the chip and completes it) or resets the
+//! chip with the escrowed PUK (see [`Store::read_puk`]).
+
+use uuid::Uuid;
+
+use super::audit::JobTransition;
+use super::{AuditRows, Result, Store, on_backend};
+use crate::domain::{CardState, JobState};
+
+/// Audit action of a job an operator ran again.
+pub const RERUN: &str = "job.rerun";
+
+/// The job an in-doubt card's credentials belong to: (job, batch, rack).
+pub(super) type DoubtfulJob = (Uuid, Uuid, Option<String>);
+
+pub(super) fn rerun_audit(card_id: Uuid, job_id: Uuid, batch_id: Uuid) -> AuditRows {
+    let mut audit = AuditRows::default();
+    audit.push_job(
+        RERUN,
+        JobTransition {
+            job_id,
+            card_id,
+            batch_id,
+            from: Some(JobState::Failed.as_str()),
+            to: JobState::Queued.as_str(),
+            card_state: Some(CardState::Initializing.as_str()),
+        },
+        Some(serde_json::json!({ "from_card_state": CardState::InDoubt.as_str() })),
+    );
+    audit
+}
+
+impl Store {
+    /// Runs the job of an `in_doubt` card again with the same credentials:
+    /// the job goes back to `queued` with a new outbox row and the card to
+    /// `initializing`. Returns the job's id. `NotFound` when the card is not
+    /// in doubt (or its job has no rack to go to).
+    pub async fn rerun_in_doubt(&self, card_id: Uuid, actor: &str) -> Result<Uuid> {
+        on_backend!(self, s => s.rerun_in_doubt(card_id, actor).await)
+    }
+}
