@@ -59,6 +59,7 @@ use crate::store::tokens::{Role, TokenView};
         JobState,
         CardSummary,
         CardDetail,
+        crate::store::public_keys::CardPublicKey,
         JobHistoryEntry,
         ImportOutcome,
         RowRejection,

@@ -11,6 +11,7 @@ pub mod gauges;
 pub mod initialize;
 pub mod ledger;
 pub mod postgres;
+pub mod public_keys;
 pub mod rack_keys;
 pub mod racks;
 pub mod recovery;

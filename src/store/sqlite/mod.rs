@@ -13,6 +13,7 @@ mod escrow;
 mod gauges;
 mod initialize;
 mod ledger;
+mod public_keys;
 mod rack_keys;
 mod racks;
 mod recovery;
