@@ -2,8 +2,9 @@
 //! `piv-authenticator`, on trussed's software platform, binary `nitrokey-piv-vpcd` of
 //! `applets/nitrokey-piv`) attached to vpcd's second reader, encoded by the worker's `pcsc`
 //! rack through pcscd, then checked with OpenSC (`opensc-tool`) and openssl:
-//! the factory PIN is rejected, the escrowed PIN verifies, and every key slot of the profile
-//! signs with the key whose public part the worker reported.
+//! the factory PIN is rejected, the escrowed PIN verifies, every key slot of the profile
+//! signs with the key whose public part the worker reported, the factory PUK is rejected
+//! and the escrowed PUK unblocks a blocked PIN.
 //!
 //! `scripts/test` builds the applet binary before the tests. The test name contains `vpcd`,
 //! so nextest runs it alone with the other vpcd tests.
@@ -251,6 +252,34 @@ async fn vpcd_nitrokey_piv_applet_is_encoded_by_a_pcsc_worker_and_checked_by_ope
             text(&verified)
         );
     }
+    // The factory PUK is refused; the escrowed PUK unblocks a blocked PIN.
+    let wrong = pin_apdu("000000");
+    let reset = |puk: &str, new_pin: &str| {
+        let mut data = puk.as_bytes().to_vec();
+        data.resize(8, 0xFF);
+        let mut pin = new_pin.as_bytes().to_vec();
+        pin.resize(8, 0xFF);
+        data.extend_from_slice(&pin);
+        format!("002C008010{}", hex::encode_upper(data))
+    };
+    let apdus = vec![
+        PIV_SELECT.to_owned(),
+        wrong.clone(),
+        wrong.clone(),
+        wrong,
+        pin_apdu(&secrets.pin),
+        reset("12345678", "654321"),
+        reset(&secrets.puk, "654321"),
+        pin_apdu("654321"),
+    ];
+    let output = tokio::task::spawn_blocking(move || opensc(&apdus))
+        .await
+        .unwrap();
+    let got: Vec<String> = answers(&output).into_iter().map(|(sw, _)| sw).collect();
+    assert_eq!(got[4], "6983", "the PIN is blocked: {output}");
+    assert!(got[5].starts_with("63C"), "factory PUK: {output}");
+    assert_eq!(got[6], "9000", "escrowed PUK: {output}");
+    assert_eq!(got[7], "9000", "the unblocked PIN: {output}");
     drop(applet);
     tokio::task::spawn_blocking(|| wait_for_empty_reader(READER))
         .await

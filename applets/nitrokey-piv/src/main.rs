@@ -214,6 +214,14 @@ impl<T: piv_authenticator::Client> Card<T> {
             return self.next_block();
         }
         self.pending.clear();
+        let full_select;
+        let apdu = match select_by_truncated_aid(apdu) {
+            Some(full) => {
+                full_select = full;
+                full_select.as_slice()
+            }
+            None => apdu,
+        };
         let Ok(view) = iso7816::command::CommandView::try_from(apdu) else {
             return vec![0x67, 0x00];
         };
@@ -260,6 +268,28 @@ impl<T: piv_authenticator::Client> Card<T> {
         }
         out
     }
+}
+
+/// The PIV application's full AID (with version).
+const PIV_AID: [u8; 11] = [
+    0xA0, 0x00, 0x00, 0x03, 0x08, 0x00, 0x00, 0x10, 0x00, 0x01, 0x00,
+];
+
+/// A SELECT by a truncated PIV AID (`A0 00 00 03 08`, as yubico-piv-tool sends),
+/// rewritten with the full AID: on a token, the platform's APDU dispatcher matches
+/// truncated AIDs and the applet only sees its own.
+fn select_by_truncated_aid(apdu: &[u8]) -> Option<Vec<u8>> {
+    let [cla, 0xA4, 0x04, p2, lc, rest @ ..] = apdu else {
+        return None;
+    };
+    let aid = rest.get(..usize::from(*lc))?;
+    if aid.len() < 5 || aid.len() >= PIV_AID.len() || !PIV_AID.starts_with(aid) {
+        return None;
+    }
+    let mut full = vec![*cla, 0xA4, 0x04, *p2, PIV_AID.len() as u8];
+    full.extend_from_slice(&PIV_AID);
+    full.push(0x00);
+    Some(full)
 }
 
 fn read_message(stream: &mut TcpStream) -> std::io::Result<Vec<u8>> {
