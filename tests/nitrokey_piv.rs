@@ -4,7 +4,8 @@
 //! rack through pcscd, then checked with OpenSC (`opensc-tool`) and openssl:
 //! the factory PIN is rejected, the escrowed PIN verifies, every key slot of the profile
 //! signs with the key whose public part the worker reported, the factory PUK is rejected
-//! and the escrowed PUK unblocks a blocked PIN.
+//! and the escrowed PUK unblocks a blocked PIN; yubico-piv-tool checks that the factory
+//! management key is refused and the per-card one authenticates.
 //!
 //! `scripts/test` builds the applet binary before the tests. The test name contains `vpcd`,
 //! so nextest runs it alone with the other vpcd tests.
@@ -252,6 +253,24 @@ async fn vpcd_nitrokey_piv_applet_is_encoded_by_a_pcsc_worker_and_checked_by_ope
             text(&verified)
         );
     }
+    // yubico-piv-tool: the factory management key is refused, the per-card one (3DES on
+    // this card) authenticates (SET CCC needs it).
+    let key_check = |key: String| {
+        tokio::task::spawn_blocking(move || {
+            let key = format!("--key={key}");
+            run(
+                "yubico-piv-tool",
+                &["-r", READER, key.as_str(), "-a", "set-ccc"],
+            )
+        })
+    };
+    let factory = key_check(profile.transport.management_key.clone())
+        .await
+        .unwrap();
+    assert!(!factory.status.success(), "factory key: {}", text(&factory));
+    let derived = key_check(secrets.management_key.clone()).await.unwrap();
+    assert!(derived.status.success(), "per-card key: {}", text(&derived));
+
     // The factory PUK is refused; the escrowed PUK unblocks a blocked PIN.
     let wrong = pin_apdu("000000");
     let reset = |puk: &str, new_pin: &str| {
