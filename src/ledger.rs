@@ -293,6 +293,9 @@ impl Ledger {
         if messages.is_empty() {
             return Ok(letters);
         }
+        // Public keys first: saving is idempotent and keyed by card and slot,
+        // so a crash before the results commit loses nothing on redelivery.
+        self.store.save_public_keys(&messages).await?;
         let applied = self.store.apply_results(&messages, "ledger").await?;
         self.count_finished(&messages, &applied);
         for (effect, delivery) in applied.iter().zip(origin) {

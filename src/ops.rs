@@ -210,6 +210,15 @@ pub async fn show_card(api: &ApiClient, card_id: &str) -> anyhow::Result<()> {
             s(&j["reason"])
         );
     }
+    for k in c["public_keys"].as_array().into_iter().flatten() {
+        println!(
+            "public key {} ({}) from job {}",
+            s(&k["slot"]),
+            s(&k["algorithm"]),
+            s(&k["job_id"])
+        );
+        print!("{}", s(&k["public_key_pem"]));
+    }
     Ok(())
 }
 

@@ -695,3 +695,51 @@ async fn a_worker_dead_letters_poison_on_its_queue_and_goes_on_encoding() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn public_keys_of_a_successful_result_show_with_the_card_as_pem() {
+    let app = spawn_app().await;
+    let ids = app.import_cards("PK", 1).await;
+    let worker = FakeWorker::connect(&app.vhost.url()).await;
+    app.enable().await;
+    workers::enroll_rack(&app.store, "rack-pk").await;
+    worker
+        .insert_cards("rack-pk", &["PK-CHIP-000000".into()])
+        .await;
+    wait_for_a_rack(&app).await;
+    let r = app
+        .post("/v1/initializations", json!({ "card_ids": ids }))
+        .await;
+    assert_eq!(r.status, 202);
+    let job = worker.take_jobs("rack-pk", 1, WAIT).await.remove(0);
+
+    let der: Vec<u8> = (0..91u8).collect();
+    let mut result = result_for(&job, Outcome::Succeeded);
+    if let wire::ResultMessage::EncodeResult(r) = &mut result {
+        r.public_keys = vec![wire::GeneratedPublicKey {
+            slot: "9a".into(),
+            algorithm: "p256".into(),
+            spki_der_base64: base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                &der,
+            ),
+        }];
+    }
+    worker.publish_result(&result).await;
+    eventually(WAIT, "card unassigned", || async {
+        app.card_state(ids[0]).await == "unassigned"
+    })
+    .await;
+    let detail = app.get(&format!("/v1/cards/{}", ids[0])).await.body;
+    let keys = detail["public_keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{detail}");
+    assert_eq!(keys[0]["slot"], "9a");
+    assert_eq!(keys[0]["job_id"], job.job_id.to_string());
+    let pem = keys[0]["public_key_pem"].as_str().unwrap();
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert_eq!(
+        base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap(),
+        der
+    );
+}

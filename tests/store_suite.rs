@@ -926,6 +926,65 @@ async fn a_result_delivered_three_times_moves_the_job_once(db: Db) {
     assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
 }
 
+async fn public_keys_of_a_success_are_stored_per_slot_and_shown_as_pem(db: Db) {
+    let ids = db.import("K", 2).await;
+    db.insert_chips("K", &[0, 1]).await;
+    db.enable().await;
+    db.initialize(&ids).await;
+    db.dispatch_all().await;
+    let (ok_job, failed_job) = (db.job_id(ids[0]).await, db.job_id(ids[1]).await);
+    let key = |slot: &str, der: &[u8]| cardfleet_schemas::GeneratedPublicKey {
+        slot: slot.into(),
+        algorithm: "p256".into(),
+        spki_der_base64: base64::Engine::encode(&base64::engine::general_purpose::STANDARD, der),
+    };
+    let with_keys = |message: ResultMessage, keys: Vec<cardfleet_schemas::GeneratedPublicKey>| {
+        let ResultMessage::EncodeResult(mut r) = message else {
+            unreachable!()
+        };
+        r.public_keys = keys;
+        ResultMessage::EncodeResult(r)
+    };
+    let long_der: Vec<u8> = (0..91u8).collect();
+    let messages = [
+        with_keys(
+            finished(ok_job, ids[0], Outcome::Succeeded, None),
+            vec![key("9c", &[0x30, 0x01, 0x02]), key("9a", &long_der)],
+        ),
+        with_keys(
+            finished(failed_job, ids[1], Outcome::Failed, failure("boom", false)),
+            vec![key("9a", &[0x30, 0x09])],
+        ),
+        with_keys(
+            finished(Uuid::new_v4(), Uuid::new_v4(), Outcome::Succeeded, None),
+            vec![key("9a", &[0x30, 0x07])],
+        ),
+    ];
+    // Saved as the ledger does, before applying; a redelivery saves the same rows.
+    for _ in 0..2 {
+        db.store.save_public_keys(&messages).await.unwrap();
+        db.store.apply_results(&messages, ACTOR).await.unwrap();
+    }
+    let detail = db.store.card_detail(ids[0]).await.unwrap();
+    let slots: Vec<&str> = detail.public_keys.iter().map(|k| k.slot.as_str()).collect();
+    assert_eq!(slots, ["9a", "9c"]);
+    let pem = &detail.public_keys[0].public_key_pem;
+    assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"), "{pem}");
+    assert!(pem.ends_with("-----END PUBLIC KEY-----\n"), "{pem}");
+    assert!(pem.lines().all(|l| l.len() <= 64), "{pem}");
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, body).unwrap();
+    assert_eq!(der, long_der);
+    assert_eq!(detail.public_keys[0].job_id, ok_job);
+    // A failed attempt's keys are not the card's: nothing stored.
+    let failed = db.store.card_detail(ids[1]).await.unwrap();
+    assert!(failed.public_keys.is_empty(), "{:?}", failed.public_keys);
+    // The JSON of GET /v1/cards/{card_id} carries them.
+    let json = serde_json::to_value(&detail).unwrap();
+    assert_eq!(json["public_keys"][1]["slot"], "9c");
+    assert_eq!(json["public_keys"][1]["algorithm"], "p256");
+}
+
 async fn a_result_may_overtake_its_started_notice_within_one_batch(db: Db) {
     let ids = db.import("O", 1).await;
     db.insert_chips("O", &[0]).await;
@@ -2406,6 +2465,7 @@ store_tests!(
     a_held_claim_is_not_handed_out_twice,
     the_control_outbox_carries_cancellations_and_slot_releases,
     a_result_delivered_three_times_moves_the_job_once,
+    public_keys_of_a_success_are_stored_per_slot_and_shown_as_pem,
     a_result_may_overtake_its_started_notice_within_one_batch,
     results_for_unknown_jobs_are_reported_and_change_nothing,
     a_failure_returns_the_card_to_produced_unless_the_card_is_unusable,

@@ -61,6 +61,7 @@ use crate::store::tokens::{Role, TokenView};
         JobState,
         CardSummary,
         CardDetail,
+        crate::store::public_keys::CardPublicKey,
         JobHistoryEntry,
         ImportOutcome,
         RowRejection,

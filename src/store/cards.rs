@@ -74,6 +74,9 @@ pub struct CardDetail {
     #[serde(flatten)]
     pub card: CardSummary,
     pub jobs: Vec<JobHistoryEntry>,
+    /// The public keys generated on the card by its last successful
+    /// encoding, PEM per slot (`card_public_keys`).
+    pub public_keys: Vec<super::public_keys::CardPublicKey>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -216,6 +219,8 @@ impl Store {
     }
 
     pub async fn card_detail(&self, card_id: Uuid) -> Result<CardDetail> {
-        on_backend!(self, s => s.card_detail(card_id).await)
+        let mut detail = on_backend!(self, s => s.card_detail(card_id).await)?;
+        detail.public_keys = self.card_public_keys(card_id).await?;
+        Ok(detail)
     }
 }

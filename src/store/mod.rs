@@ -12,6 +12,7 @@ pub mod in_doubt;
 pub mod initialize;
 pub mod ledger;
 pub mod postgres;
+pub mod public_keys;
 pub mod rack_keys;
 pub mod racks;
 pub mod recovery;

@@ -107,6 +107,10 @@ impl PgStore {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-        Ok(CardDetail { card, jobs })
+        Ok(CardDetail {
+            card,
+            jobs,
+            public_keys: Vec::new(),
+        })
     }
 }

@@ -10,6 +10,7 @@ mod gauges;
 mod in_doubt;
 mod initialize;
 mod ledger;
+mod public_keys;
 mod rack_keys;
 mod racks;
 mod recovery;

@@ -130,6 +130,10 @@ impl SqliteStore {
             })
         })
         .collect::<Result<Vec<_>>>()?;
-        Ok(CardDetail { card, jobs })
+        Ok(CardDetail {
+            card,
+            jobs,
+            public_keys: Vec::new(),
+        })
     }
 }

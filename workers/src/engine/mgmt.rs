@@ -182,7 +182,11 @@ pub(crate) fn authenticate(
     let response = session.transmit(AUTH, apdu)?;
     match response.sw() {
         StatusWord::Success => {}
-        StatusWord::SecurityStatusNotSatisfied => return Ok(AuthOutcome::WrongKey),
+        // Some applets (the Nitrokey PIV applet) answer a witness that does not decrypt to
+        // theirs with 6A80 (incorrect data field) rather than 6982: a wrong key all the same.
+        StatusWord::SecurityStatusNotSatisfied | StatusWord::IncorrectDataField => {
+            return Ok(AuthOutcome::WrongKey);
+        }
         sw => return Err(EngineError::status(AUTH, sw)),
     }
     let answer = dynamic_auth_value(response.data(), 0x82)?;
