@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod error;
 pub mod hardening;
+pub mod integers;
 pub mod openapi;
 pub mod ready;
 mod routes;

@@ -16,6 +16,8 @@ use crate::store::tokens::{Caller, NewToken, Role};
 #[serde(deny_unknown_fields)]
 pub struct EnrollmentTokenRequest {
     /// Hours until the token expires, 1 to 720 (default 24).
+    #[serde(default, deserialize_with = "crate::api::integers::optional_u32")]
+    #[schema(minimum = 1, maximum = 720)]
     pub ttl_hours: Option<u32>,
 }
 
@@ -30,14 +32,17 @@ pub struct EnrollmentToken {
 
 /// Creates a single-use enrollment token for a rack's worker (role admin).
 #[utoipa::path(post, path = "/v1/racks/{rack_id}/enrollment-tokens", tag = "racks", operation_id = "create_enrollment_token",
-    params(("rack_id" = String, Path)), request_body = EnrollmentTokenRequest,
+    params(("rack_id" = String, Path, pattern = "^[A-Za-z0-9_-]{1,64}$")), request_body = EnrollmentTokenRequest,
     responses((status = 201, body = EnrollmentToken), (status = 400, body = crate::api::error::ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Caller,
     IdPath(rack_id): IdPath<String>,
-    ApiJson(body): ApiJson<EnrollmentTokenRequest>,
+    ApiJson(body): ApiJson<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<(StatusCode, Json<EnrollmentToken>), ApiError> {
+    // An object only: serde would also take `[]` for a struct of optional fields.
+    let body: EnrollmentTokenRequest = serde_json::from_value(serde_json::Value::Object(body))
+        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
     let rack =
         RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
     let ttl = body.ttl_hours.unwrap_or(24);

@@ -41,21 +41,8 @@ pub struct InitializeFilter {
     /// Most cards to take, 1 to `http.max_batch_cards` (default 100,000;
     /// more is refused with 413).
     #[schema(minimum = 1)]
-    #[serde(deserialize_with = "integral")]
+    #[serde(deserialize_with = "crate::api::integers::integral")]
     pub limit: i64,
-}
-
-/// An integer, also when written with a zero fraction (`5.0`), as JSON
-/// Schema's `integer` allows.
-fn integral<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
-    let number = serde_json::Number::deserialize(deserializer)?;
-    if let Some(n) = number.as_i64() {
-        return Ok(n);
-    }
-    match number.as_f64() {
-        Some(f) if f.fract() == 0.0 && f >= i64::MIN as f64 && f < i64::MAX as f64 => Ok(f as i64),
-        _ => Err(serde::de::Error::custom("limit must be an integer")),
-    }
 }
 
 /// The one state a filter may name (the request's schema only).

@@ -25,7 +25,7 @@ pub struct CreateToken {
     pub roles: Vec<String>,
     /// Days until the token expires, 1 to 3650; default
     /// `tokens.default_ttl_days` (0 there: never).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::api::integers::optional_u32")]
     #[schema(minimum = 1, maximum = 3650)]
     pub ttl_days: Option<u32>,
 }
