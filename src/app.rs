@@ -15,6 +15,8 @@ use crate::api::{self, AppState};
 use crate::credentials::MasterKey;
 use crate::dispatcher::Dispatcher;
 use crate::gauges::GaugeRefresher;
+use crate::job_gate::JobGate;
+use crate::leases::LeaseKeeper;
 use crate::ledger::Ledger;
 use crate::metrics::Metrics;
 use crate::settings::Settings;
@@ -45,6 +47,8 @@ pub struct Application {
     dispatcher: Option<Dispatcher>,
     ledger: Option<Ledger>,
     gauges: Option<GaugeRefresher>,
+    leases: Option<LeaseKeeper>,
+    job_gate: Option<JobGate>,
     store: Store,
 }
 
@@ -158,7 +162,27 @@ impl Application {
             interval: Duration::from_secs(settings.metrics.refresh_seconds),
             metrics: metrics.clone(),
         });
+        // With the ledger, which applies what the racks say: leases mark the
+        // jobs of silent racks, and workers' take-time checks are answered
+        // (over RabbitMQ; in standalone mode the worker asks in-process).
+        let with_ledger = components.contains(&Component::Ledger);
+        let leases = (with_ledger && settings.ledger.rack_lease_seconds > 0).then(|| LeaseKeeper {
+            store: store.clone(),
+            lease: Duration::from_secs(settings.ledger.rack_lease_seconds),
+            metrics: metrics.clone(),
+        });
+        let job_gate = match &bus {
+            Bus::Amqp(endpoint) if with_ledger => Some(JobGate {
+                store: store.clone(),
+                endpoint: endpoint.clone(),
+                reconnect_max,
+                metrics: metrics.clone(),
+            }),
+            _ => None,
+        };
         Ok(Self {
+            leases,
+            job_gate,
             api,
             api_tls,
             header_timeout: Duration::from_secs(settings.http.header_timeout_seconds),
@@ -219,6 +243,20 @@ impl Application {
             });
         }
         if let Some(g) = self.gauges {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                g.run(token).await;
+                Ok(())
+            });
+        }
+        if let Some(k) = self.leases {
+            let token = shutdown.clone();
+            tasks.spawn(async move {
+                k.run(token).await;
+                Ok(())
+            });
+        }
+        if let Some(g) = self.job_gate {
             let token = shutdown.clone();
             tasks.spawn(async move {
                 g.run(token).await;

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub heartbeat_age: GaugeVec,
     pub dead_letters_stored: IntGauge,
     pub refresh_errors: IntCounterVec,
+    // Rack leases (`crate::leases`) and take-time checks (`crate::job_gate`).
+    pub jobs_awaiting_rack: IntGauge,
+    pub leases_expired: IntCounter,
+    pub take_checks_answered: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
@@ -232,6 +236,26 @@ impl Metrics {
                 "Failed refreshes of the gauges, by what could not be read",
                 &["source"],
             ),
+            jobs_awaiting_rack: {
+                let name = "cardfleet_jobs_awaiting_rack";
+                let g = IntGauge::new(
+                    name,
+                    "Dispatched or encoding jobs whose rack sent no heartbeat for the lease time",
+                )
+                .unwrap_or_else(|_| unreachable_metric(name));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            leases_expired: counter(
+                &registry,
+                "cardfleet_jobs_lease_expired_total",
+                "Jobs marked because their rack's lease ran out",
+            ),
+            take_checks_answered: counter(
+                &registry,
+                "cardfleet_take_checks_answered_total",
+                "Jobs workers asked about when taking them, answered",
+            ),
             registry,
         };
         preset(&m.jobs_created, &["queued", "awaiting_card"]);
@@ -241,7 +265,7 @@ impl Metrics {
             &["changed", "unchanged", "unknown_job", "undecodable"],
         );
         preset(&m.dead_letters, &DEAD_LETTER_SOURCES);
-        preset(&m.broker_reconnects, &["dispatcher", "ledger"]);
+        preset(&m.broker_reconnects, &["dispatcher", "ledger", "job-gate"]);
         preset(&m.jobs_undispatchable, &[RACK_NOT_ENROLLED]);
         preset(&m.refresh_errors, &["database", "broker"]);
         for state in LIVE_JOB_STATES {
@@ -290,6 +314,8 @@ mod tests {
             "cardfleet_results_applied_total{effect=\"unknown_job\"} 0",
             "cardfleet_outbox_lag_seconds 0",
             "cardfleet_dead_letters_stored 0",
+            "cardfleet_jobs_awaiting_rack 0",
+            "cardfleet_jobs_lease_expired_total 0",
         ] {
             assert!(text.contains(series), "{series} missing from\n{text}");
         }

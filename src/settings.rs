@@ -201,6 +201,10 @@ pub struct LedgerSettings {
     pub batch_size: usize,
     /// How long a partial batch waits for more messages.
     pub batch_wait_ms: u64,
+    /// How long a rack may send no heartbeat before its dispatched and
+    /// encoding jobs are marked as waiting for it (fleet mode); 0 turns
+    /// leases off.
+    pub rack_lease_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -238,6 +242,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("dispatcher.poll_interval_ms", "500"),
     ("ledger.batch_size", "500"),
     ("ledger.batch_wait_ms", "5"),
+    ("ledger.rack_lease_seconds", "60"),
     ("log.filter", "info"),
     ("log.format", "text"),
 ];

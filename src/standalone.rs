@@ -288,6 +288,7 @@ impl Standalone {
         }
         let mut config = cardfleet_worker::app::runtime_config(worker, Arc::new(key));
         config.bus = Bus::Memory(bus.clone());
+        config.local_gate = Some(local_gate(store.clone()));
         Ok(Self {
             app,
             bus,
@@ -485,4 +486,22 @@ mod tests {
         assert!(err.contains("chmod 600") && err.contains("644"), "{err}");
         assert!(!err.contains(&created.master_key));
     }
+}
+
+/// The take-time check answered by this process's store: the worker asks,
+/// as a fleet worker asks the control plane over RabbitMQ, whether a job it
+/// takes was cancelled (a job put back on the in-process bus after a
+/// restart never saw the cancellation broadcast).
+fn local_gate(store: Store) -> cardfleet_worker::runtime::LocalJobGate {
+    cardfleet_worker::runtime::LocalJobGate(Arc::new(move |rack_id: String, job_ids| {
+        let store = store.clone();
+        Box::pin(async move {
+            let facts = store.job_gate_facts(&rack_id, &job_ids).await.ok()?;
+            Some(cardfleet_schemas::JobGateAnswer {
+                meta: cardfleet_schemas::Meta::now(),
+                cancelled: facts.cancelled,
+                started: facts.started,
+            })
+        })
+    }))
 }

@@ -378,3 +378,36 @@ pub struct Cancellation {
     pub batch_id: Option<Uuid>,
     pub reason: String,
 }
+
+/// Queue on the default exchange where workers ask, when they take a job,
+/// whether the control plane still wants it started (see [`JobGateQuery`]).
+/// The control plane declares it (transient: a query is worth nothing after
+/// its timeout); a worker publishes to it `mandatory` with the direct
+/// reply-to pseudo-queue as `reply_to`, so a control plane that is down or
+/// has not declared it answers at once with "unroutable".
+pub const JOB_GATE_QUEUE: &str = "cardfleet.job-gate";
+
+/// A worker's question when it takes jobs: may they start? Sent because a
+/// cancellation broadcast reaches only the workers connected at the time.
+/// It carries no secret; the answer only names jobs of the asking rack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobGateQuery {
+    #[serde(flatten)]
+    pub meta: Meta,
+    pub rack_id: String,
+    pub job_ids: Vec<Uuid>,
+}
+
+/// The control plane's answer to a [`JobGateQuery`], read from its store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct JobGateAnswer {
+    #[serde(flatten)]
+    pub meta: Meta,
+    /// Jobs whose cancellation was requested (or that are cancelled).
+    pub cancelled: Vec<Uuid>,
+    /// Jobs a worker already reported started (or finished): a card may
+    /// hold what that attempt wrote, so only the engine, reading the card's
+    /// journal, can tell whether cancelling is still safe.
+    #[serde(default)]
+    pub started: Vec<Uuid>,
+}

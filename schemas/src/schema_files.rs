@@ -3,7 +3,10 @@
 
 use schemars::{JsonSchema, schema_for};
 
-use crate::{CardProfile, ControlMessage, EventMessage, InitializeJob, ResultMessage};
+use crate::{
+    CardProfile, ControlMessage, EventMessage, InitializeJob, JobGateAnswer, JobGateQuery,
+    ResultMessage,
+};
 
 fn render<T: JsonSchema>() -> String {
     let schema = schema_for!(T);
@@ -21,5 +24,7 @@ pub fn all() -> Vec<(&'static str, String)> {
         ("event-message.schema.json", render::<EventMessage>()),
         ("control-message.schema.json", render::<ControlMessage>()),
         ("card-profile.schema.json", render::<CardProfile>()),
+        ("job-gate-query.schema.json", render::<JobGateQuery>()),
+        ("job-gate-answer.schema.json", render::<JobGateAnswer>()),
     ]
 }

@@ -67,6 +67,11 @@ pub struct JobHistoryEntry {
     pub steps: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Set while the job waits for its rack: the rack sent no heartbeat for
+    /// `ledger.rack_lease_seconds` while the job was dispatched or encoding.
+    /// The next result from the rack clears it (see `store::leases`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expired_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -221,6 +226,11 @@ impl Store {
     pub async fn card_detail(&self, card_id: Uuid) -> Result<CardDetail> {
         let mut detail = on_backend!(self, s => s.card_detail(card_id).await)?;
         detail.public_keys = self.card_public_keys(card_id).await?;
+        let ids: Vec<Uuid> = detail.jobs.iter().map(|j| j.job_id).collect();
+        let marks = self.lease_marks(&ids).await?;
+        for job in &mut detail.jobs {
+            job.lease_expired_at = marks.get(&job.job_id).copied();
+        }
         Ok(detail)
     }
 }

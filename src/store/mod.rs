@@ -10,6 +10,8 @@ pub mod escrow;
 pub mod gauges;
 pub mod in_doubt;
 pub mod initialize;
+pub mod job_gate;
+pub mod leases;
 pub mod ledger;
 pub mod postgres;
 pub mod public_keys;

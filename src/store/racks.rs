@@ -62,6 +62,9 @@ pub struct BatchCard {
     pub rack_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Set while the job waits for its silent rack (see `store::leases`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_expired_at: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -74,6 +77,9 @@ pub struct BatchStatus {
     pub counts: HashMap<String, i64>,
     /// No job of the batch can move any more.
     pub finished: bool,
+    /// Live jobs of the batch waiting for a rack whose lease ran out
+    /// (no heartbeat for `ledger.rack_lease_seconds`).
+    pub awaiting_rack: i64,
     pub cards: Vec<BatchCard>,
 }
 
@@ -121,7 +127,14 @@ impl Store {
         limit: i64,
         offset: i64,
     ) -> Result<BatchStatus> {
-        on_backend!(self, s => s.batch_status(batch_id, limit, offset).await)
+        let mut status = on_backend!(self, s => s.batch_status(batch_id, limit, offset).await)?;
+        let ids: Vec<Uuid> = status.cards.iter().map(|c| c.job_id).collect();
+        let marks = self.lease_marks(&ids).await?;
+        for card in &mut status.cards {
+            card.lease_expired_at = marks.get(&card.job_id).copied();
+        }
+        status.awaiting_rack = self.batch_awaiting_rack(batch_id).await?;
+        Ok(status)
     }
 
     /// Job transitions of a batch after audit sequence `after`, oldest first.

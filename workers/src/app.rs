@@ -35,6 +35,8 @@ pub fn runtime_config(settings: &WorkerSettings, rack_key: Arc<RackSecretKey>) -
         heartbeat_interval: Duration::from_secs(settings.worker.heartbeat_interval_seconds.max(1)),
         reconnect_max: Duration::from_secs(settings.amqp.reconnect_max_seconds.max(1)),
         journal_keeper: journal_keeper(settings),
+        take_check_timeout: Duration::from_millis(settings.worker.take_check_timeout_ms),
+        local_gate: None,
     }
 }
 

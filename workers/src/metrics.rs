@@ -27,6 +27,9 @@ const SLOT_STATES: [SlotState; 5] = [
 /// Outcomes of a finished card.
 const OUTCOMES: [&str; 3] = ["succeeded", "failed", "cancelled"];
 
+/// Answers of a take-time cancellation check.
+pub const TAKE_CHECK_ANSWERS: [&str; 3] = ["proceed", "cancelled", "unanswered"];
+
 /// Failure reasons whose series exist from the start: every engine code
 /// plus `other` (what [`code_label`] makes of anything else). Codes the
 /// runtime adds (e.g. sealed secrets it cannot open) appear when first
@@ -107,6 +110,8 @@ pub struct WorkerMetrics {
     pub heartbeat: GaugeVec,
     pub in_flight: IntGaugeVec,
     pub reconnects: IntCounterVec,
+    /// Take-time cancellation checks by answer (`proceed`, `cancelled`, `unanswered`).
+    pub take_checks: IntCounterVec,
 }
 
 // Definitions are constants of this file, checked by the unit test below.
@@ -252,6 +257,12 @@ impl WorkerMetrics {
                 "Reconnects to RabbitMQ",
                 &["rack"],
             ),
+            take_checks: counter(
+                &r,
+                "cardfleet_worker_take_checks_total",
+                "Jobs checked with the control plane when taken, by answer (proceed, cancelled, unanswered)",
+                &["rack", "answer"],
+            ),
             registry: r,
         }
     }
@@ -273,6 +284,9 @@ impl WorkerMetrics {
         let _ = self.cards_retried.with_label_values(&[rack]);
         let _ = self.in_flight.with_label_values(&[rack]);
         let _ = self.reconnects.with_label_values(&[rack]);
+        for answer in TAKE_CHECK_ANSWERS {
+            let _ = self.take_checks.with_label_values(&[rack, answer]);
+        }
         let states = SLOT_STATES.map(slot_state_label);
         SlotStateGauges {
             counts: states

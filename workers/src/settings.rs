@@ -52,6 +52,10 @@ pub struct WorkerSection {
     /// On SIGTERM, how long in-flight cards may take to finish.
     pub shutdown_grace_seconds: u64,
     pub heartbeat_interval_seconds: u64,
+    /// Longest wait for the control plane's answer when a job is taken
+    /// (was it cancelled while this worker was away?); without an answer
+    /// the job proceeds and its result wins.
+    pub take_check_timeout_ms: u64,
     /// The rack's X25519 private key, generated (mode 0600) on first start;
     /// job secrets are sealed to its public half. A key file the group or
     /// others may read is refused.
@@ -207,6 +211,7 @@ pub const DEFAULTS: &[(&str, &str)] = &[
     ("worker.card_wait_seconds", "600"),
     ("worker.shutdown_grace_seconds", "30"),
     ("worker.heartbeat_interval_seconds", "5"),
+    ("worker.take_check_timeout_ms", "2000"),
     ("worker.key_file", "cardfleet-worker.key"),
     ("reader.type", "simulated"),
     ("reader.slots", "16"),

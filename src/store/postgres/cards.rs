@@ -104,6 +104,7 @@ impl PgStore {
                 steps: r.try_get("steps")?,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
+                lease_expired_at: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;

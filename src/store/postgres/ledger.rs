@@ -44,7 +44,8 @@ impl PgStore {
         if !c.job_id.is_empty() {
             sqlx::query(
                 "UPDATE jobs SET state = u.state, reason = COALESCE(u.reason, jobs.reason),
-                        steps = COALESCE(u.steps, jobs.steps), updated_at = now()
+                        steps = COALESCE(u.steps, jobs.steps), updated_at = now(),
+                        lease_expired_at = NULL
                  FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::jsonb[]) AS u(id, state, reason, steps)
                  WHERE jobs.id = u.id",
             )

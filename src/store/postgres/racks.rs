@@ -278,6 +278,7 @@ impl PgStore {
                 state: r.try_get("state")?,
                 rack_id: r.try_get("rack_id")?,
                 reason: r.try_get("reason")?,
+                lease_expired_at: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -288,6 +289,7 @@ impl PgStore {
             accepted: batch.try_get("accepted")?,
             counts,
             finished,
+            awaiting_rack: 0,
             cards,
         })
     }

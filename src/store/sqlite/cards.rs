@@ -127,6 +127,7 @@ impl SqliteStore {
                 steps: r.json("steps")?,
                 created_at: r.try_get("created_at")?,
                 updated_at: r.try_get("updated_at")?,
+                lease_expired_at: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;

@@ -60,7 +60,8 @@ impl SqliteStore {
             let changes = json_list(&changes);
             sqlx::query(concat!(
                 "UPDATE jobs SET state = u.value->>1, reason = COALESCE(u.value->>2, jobs.reason),
-                        steps = COALESCE(u.value->>3, jobs.steps), updated_at = ",
+                        steps = COALESCE(u.value->>3, jobs.steps), lease_expired_at = NULL,
+                        updated_at = ",
                 now!(),
                 " FROM json_each($1) AS u WHERE jobs.id = u.value->>0"
             ))

@@ -13,6 +13,8 @@ mod escrow;
 mod gauges;
 mod in_doubt;
 mod initialize;
+mod job_gate;
+mod leases;
 mod ledger;
 mod public_keys;
 mod rack_keys;

@@ -271,6 +271,7 @@ impl SqliteStore {
                 state: r.try_get("state")?,
                 rack_id: r.try_get("rack_id")?,
                 reason: r.try_get("reason")?,
+                lease_expired_at: None,
             })
         })
         .collect::<Result<Vec<_>>>()?;
@@ -281,6 +282,7 @@ impl SqliteStore {
             accepted: batch.try_get("accepted")?,
             counts,
             finished,
+            awaiting_rack: 0,
             cards,
         })
     }

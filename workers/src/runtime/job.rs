@@ -149,7 +149,13 @@ async fn run_decoded(
             .await);
         }
     };
-    if is_cancelled(shared, &job) {
+    // Asked at take time: a cancellation broadcast while this worker was
+    // away never reached it. A job no worker has started is answered at
+    // once without touching the card; one that may have been started (a
+    // redelivery) goes to the engine with its flag set, which stops it only
+    // if the card's journal shows nothing written.
+    let check = shared.check_at_take(job.job_id).await;
+    if is_cancelled(shared, &job) && !delivery.redelivered() && !check.started {
         publish_result(shared, publisher, &job, None, cancelled(), 0, started_at).await?;
         return Ok(Verdict::Ack);
     }

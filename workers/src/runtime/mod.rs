@@ -5,6 +5,7 @@
 //! RabbitMQ on its own and drains in-flight cards on shutdown.
 
 mod directory;
+mod gate;
 mod job;
 
 use std::collections::{HashSet, VecDeque};
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 pub use directory::{Directory, SlotVerdict};
+pub use gate::LocalJobGate;
 
 use crate::metrics::{SlotStateGauges, WorkerMetrics};
 use crate::rack::{Rack, RackEvent, SlotCommand};
@@ -46,6 +48,12 @@ pub struct RuntimeConfig {
     pub rack_key: Arc<RackSecretKey>,
     /// The journal of cards that refuse the journal object (`worker.journal_dir`).
     pub journal_keeper: Option<Arc<dyn crate::engine::JournalKeeper>>,
+    /// Longest wait for the control plane's answer when a job is taken
+    /// (`worker.take_check_timeout_ms`); without one the job proceeds.
+    pub take_check_timeout: Duration,
+    /// In standalone mode: the control plane in this process answers the
+    /// take-time check; otherwise it is asked over RabbitMQ.
+    pub local_gate: Option<LocalJobGate>,
 }
 
 /// Most job ids remembered (cancelled, or seen by this worker).
@@ -93,6 +101,8 @@ struct Shared {
     slot_gauges: SlotStateGauges,
     /// Signs every result and event with the rack's enrolled key.
     signer: RackSigner,
+    /// How this session asks the control plane about a job it takes.
+    gate: Mutex<Arc<gate::Gate>>,
 }
 
 impl Shared {
@@ -132,6 +142,37 @@ impl Shared {
         }))
     }
 
+    /// Asks the control plane, when a job is taken, whether its
+    /// cancellation was requested: a broadcast sent while this worker was
+    /// away never reaches it. A cancelled answer joins the cancelled set.
+    /// Without an answer in time the job proceeds (its result wins).
+    async fn check_at_take(&self, job_id: Uuid) -> gate::GateVerdict {
+        let gate = self.gate.lock().map(|g| g.clone()).ok();
+        let verdict = match gate {
+            Some(gate) => {
+                gate.ask(&self.config.rack_id, job_id, self.config.take_check_timeout)
+                    .await
+            }
+            None => None,
+        };
+        let answer = match verdict {
+            None => "unanswered",
+            Some(v) if v.cancelled => "cancelled",
+            Some(_) => "proceed",
+        };
+        self.metrics
+            .take_checks
+            .with_label_values(&[&self.config.rack_id, answer])
+            .inc();
+        let verdict = verdict.unwrap_or_default();
+        if verdict.cancelled
+            && let Ok(mut set) = self.cancelled.lock()
+        {
+            set.insert(job_id);
+        }
+        verdict
+    }
+
     fn update_slot_gauges(&self) {
         if let Some(states) = self.with_directory(|d| d.states()) {
             self.slot_gauges.set(&states);
@@ -162,6 +203,7 @@ pub async fn run(
         outgoing,
         metrics,
         slot_gauges,
+        gate: Mutex::new(Arc::new(gate::Gate::Open)),
     });
     shared.update_slot_gauges();
     tokio::spawn(follow_rack(shared.clone(), rack.events));
@@ -229,6 +271,11 @@ async fn session(
 
     // Cancellations and releases: an exclusive queue of our own on the fanout.
     let mut control_consumer = conn.subscribe(wire::CONTROL_EXCHANGE, "control").await?;
+    // What the fanout cannot give a worker that was away: a check per job taken.
+    let session_gate = Arc::new(gate::Gate::open(&conn, config.local_gate.as_ref()).await);
+    if let Ok(mut g) = shared.gate.lock() {
+        *g = session_gate;
+    }
 
     let prefetch = u16::try_from(shared.slots.len().max(1)).unwrap_or(u16::MAX);
     let consumer_tag = format!("worker-{}", config.worker_id);
@@ -313,6 +360,9 @@ async fn session(
     }
     // In-flight deliveries settled; dropping the consumer hands back the rest.
     drop(jobs);
+    if let Ok(mut g) = shared.gate.lock() {
+        *g = Arc::new(gate::Gate::Open);
+    }
     conn.close().await;
     stop
 }
