@@ -1426,6 +1426,146 @@ async fn cancel_of_one_card_leaves_the_rest_of_the_batch(db: Db) {
     assert_eq!(db.audit("job.cancelled").await, 1);
 }
 
+// ----------------------------------------------------- leases, take-time checks
+
+/// Puts a rack's last heartbeat two hours back.
+async fn silence(db: &Db, rack: &str) {
+    let silenced = match &db.raw {
+        Raw::Postgres(p) => sqlx::query(
+            "UPDATE racks SET last_heartbeat = now() - interval '2 hours' WHERE rack_id = $1",
+        )
+        .bind(rack)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected())
+        .unwrap(),
+        Raw::Sqlite(p, _) => sqlx::query(
+            "UPDATE racks SET last_heartbeat = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 hours')
+             WHERE rack_id = $1",
+        )
+        .bind(rack)
+        .execute(p)
+        .await
+        .map(|r| r.rows_affected())
+        .unwrap(),
+    };
+    assert_eq!(silenced, 1, "no rack {rack}");
+}
+
+async fn jobs_of_a_silent_rack_are_marked_with_escrow_kept_until_their_results_clear_the_mark(
+    db: Db,
+) {
+    let lease = Duration::from_secs(3600);
+    let ids = db.import("LS", 3).await;
+    db.insert_chips("LS", &[0, 1, 2]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    assert_eq!(db.dispatch_all().await, 3);
+    let jobs: Vec<Uuid> = futures_util::future::join_all(ids.iter().map(|id| db.job_id(*id))).await;
+    db.store
+        .apply_results(&[started(jobs[0])], ACTOR)
+        .await
+        .unwrap();
+    db.store
+        .apply_events(&[heartbeat(RACK, 1, &[])], ACTOR)
+        .await
+        .unwrap();
+
+    // A rack heard from within the lease: nothing is marked.
+    let sweep = db.store.expire_leases(lease, ACTOR).await.unwrap();
+    assert_eq!((sweep.newly_expired, sweep.awaiting_rack), (0, 0));
+
+    let transitions = db
+        .store
+        .batch_transitions(batch, 0, 100)
+        .await
+        .unwrap()
+        .len();
+
+    // Silent for longer: its encoding and dispatched jobs are marked, once.
+    silence(&db, RACK).await;
+    let sweep = db.store.expire_leases(lease, ACTOR).await.unwrap();
+    assert_eq!((sweep.newly_expired, sweep.awaiting_rack), (3, 3));
+    let sweep = db.store.expire_leases(lease, ACTOR).await.unwrap();
+    assert_eq!((sweep.newly_expired, sweep.awaiting_rack), (0, 3));
+    assert_eq!(db.audit("job.lease_expired").await, 3);
+    assert_eq!(db.job_state(ids[0]).await, "encoding");
+    assert_eq!(db.job_state(ids[1]).await, "dispatched");
+    for (card, job) in ids.iter().zip(&jobs) {
+        assert_eq!(db.card_state(*card).await, CardState::Initializing);
+        assert_eq!(db.credential_status(*job).await, "pending");
+    }
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    assert_eq!(status.awaiting_rack, 3);
+    assert!(status.cards.iter().all(|c| c.lease_expired_at.is_some()));
+    let detail = db.store.card_detail(ids[0]).await.unwrap();
+    assert!(detail.jobs[0].lease_expired_at.is_some());
+    // Not a transition: the batch's event stream does not show it.
+    let after = db
+        .store
+        .batch_transitions(batch, 0, 100)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(after, transitions);
+
+    // The rack is back: the result it reports wins and clears the mark.
+    db.store
+        .apply_results(
+            &[finished(jobs[0], ids[0], Outcome::Succeeded, None)],
+            ACTOR,
+        )
+        .await
+        .unwrap();
+    assert_eq!(db.card_state(ids[0]).await, CardState::Unassigned);
+    assert_eq!(db.credential_status(jobs[0]).await, "active");
+    let sweep = db.store.expire_leases(lease, ACTOR).await.unwrap();
+    assert_eq!((sweep.newly_expired, sweep.awaiting_rack), (0, 2));
+    let status = db.store.batch_status(batch, 10, 0).await.unwrap();
+    assert_eq!(status.awaiting_rack, 2);
+    let card0 = status.cards.iter().find(|c| c.card_id == ids[0]).unwrap();
+    assert!(card0.lease_expired_at.is_none());
+}
+
+async fn the_take_time_check_names_cancelled_and_started_jobs_of_the_asking_rack_only(db: Db) {
+    let ids = db.import("TC", 3).await;
+    db.insert_chips("TC", &[0, 1, 2]).await;
+    db.enable().await;
+    let batch = db.initialize(&ids).await.batch_id;
+    assert_eq!(db.dispatch_all().await, 3);
+    let jobs: Vec<Uuid> = futures_util::future::join_all(ids.iter().map(|id| db.job_id(*id))).await;
+    let facts = db.store.job_gate_facts(RACK, &jobs).await.unwrap();
+    assert!(
+        facts.cancelled.is_empty() && facts.started.is_empty(),
+        "{facts:?}"
+    );
+
+    db.store
+        .apply_results(&[started(jobs[0])], ACTOR)
+        .await
+        .unwrap();
+    db.store.cancel(batch, None, ACTOR).await.unwrap();
+    let mut facts = db.store.job_gate_facts(RACK, &jobs).await.unwrap();
+    facts.cancelled.sort();
+    let mut all = jobs.clone();
+    all.sort();
+    assert_eq!(facts.cancelled, all);
+    assert_eq!(facts.started, vec![jobs[0]]);
+
+    // Another rack learns nothing about this rack's jobs.
+    let other = db.store.job_gate_facts("rack-2", &jobs).await.unwrap();
+    assert!(
+        other.cancelled.is_empty() && other.started.is_empty(),
+        "{other:?}"
+    );
+    let unknown = db
+        .store
+        .job_gate_facts(RACK, &[Uuid::now_v7()])
+        .await
+        .unwrap();
+    assert!(unknown.cancelled.is_empty());
+}
+
 // ----------------------------------------------------- dead letters, views
 
 async fn dead_letters_are_recorded_and_listed_newest_first(db: Db) {
@@ -2476,6 +2616,8 @@ store_tests!(
     cancel_stops_waiting_and_queued_jobs_at_once_and_encoding_ones_via_workers,
     cancel_of_one_card_leaves_the_rest_of_the_batch,
     a_cancel_of_dispatched_jobs_is_a_request_and_their_results_win,
+    jobs_of_a_silent_rack_are_marked_with_escrow_kept_until_their_results_clear_the_mark,
+    the_take_time_check_names_cancelled_and_started_jobs_of_the_asking_rack_only,
     dead_letters_are_recorded_and_listed_newest_first,
     poison_dead_letters_are_stored_byte_exact,
     batch_status_counts_every_state_and_pages_its_cards,

@@ -301,6 +301,8 @@ async function refreshBatch() {
   $("batch-state").textContent = status.finished ? "finished" : "running";
   const counts = {};
   for (const [k, v] of Object.entries(status.counts)) if (v > 0) counts[k] = v;
+  // Jobs of a rack silent past its lease: their cards wait for it, escrowed.
+  if (status.awaiting_rack > 0) counts["awaiting rack"] = status.awaiting_rack;
   fillCounts($("batch-counts"), counts);
   const byState = {};
   const numbers = {};
@@ -318,7 +320,7 @@ async function refreshBatch() {
     const tr = el("tr", null, { "data-card": job.card_id, "data-state": job.state });
     tr.append(
       el("td", card ? card.card_number : job.card_id),
-      el("td", job.state),
+      el("td", job.lease_expired_at ? job.state + " (waiting for its rack since " + job.lease_expired_at + ")" : job.state, job.lease_expired_at ? { class: "lease-expired" } : undefined),
       el("td", job.rack_id || ""),
       el("td", job.reason || "", { class: "reason" }),
     );
