@@ -121,7 +121,7 @@ fn the_alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
         .filter_map(|l| l.trim().strip_prefix("- alert: "))
         .map(str::to_owned)
         .collect();
-    assert_eq!(alerts.len(), 5, "{alerts:?}");
+    assert_eq!(alerts.len(), 6, "{alerts:?}");
     let tested = std::fs::read_to_string(&tests).unwrap();
     for alert in alerts {
         assert!(
