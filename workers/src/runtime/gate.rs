@@ -24,12 +24,13 @@ use uuid::Uuid;
 /// RabbitMQ's direct reply-to pseudo-queue.
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
-/// The control plane's own answer, for a worker in its process: (rack, jobs)
-/// to the answer, `None` when it cannot tell (the store is unavailable).
+/// Asks about (rack, jobs); `None` when it cannot tell (the store is unavailable).
+pub type AskLocally =
+    dyn Fn(String, Vec<Uuid>) -> BoxFuture<'static, Option<JobGateAnswer>> + Send + Sync;
+
+/// The control plane's own answer, for a worker in its process.
 #[derive(Clone)]
-pub struct LocalJobGate(
-    pub Arc<dyn Fn(String, Vec<Uuid>) -> BoxFuture<'static, Option<JobGateAnswer>> + Send + Sync>,
-);
+pub struct LocalJobGate(pub Arc<AskLocally>);
 
 impl std::fmt::Debug for LocalJobGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
