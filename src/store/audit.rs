@@ -16,17 +16,7 @@ pub struct AuditRows {
     pub(super) detail: Vec<Option<serde_json::Value>>,
 }
 
-/// One job transition for [`AuditRows::push_job`].
-#[derive(Debug, Clone, Copy)]
-pub struct JobTransition {
-    pub job_id: Uuid,
-    pub card_id: Uuid,
-    pub batch_id: Uuid,
-    pub from: Option<&'static str>,
-    pub to: &'static str,
-    /// The card's state after the transition, when it changed.
-    pub card_state: Option<&'static str>,
-}
+pub use crate::domain::JobTransition;
 
 impl AuditRows {
     pub fn len(&self) -> usize {

@@ -12,6 +12,9 @@ use uuid::Uuid;
 use super::audit::JobTransition;
 use super::{AuditRows, Result, Store, on_backend};
 use crate::credentials::{self, CredentialCipher};
+use crate::domain::planning::{
+    CancelDisposition, Refusal, admit, cancel_disposition, initial_job_state,
+};
 use crate::domain::{CardState, JobState};
 
 /// Which cards a request names.
@@ -125,32 +128,29 @@ pub(super) fn plan_initialize(
     let mut jobs = JobColumns::default();
     let mut rng = rand::thread_rng();
     for card_id in requested {
-        let Some(card) = found.get(card_id) else {
+        let card = found.get(card_id);
+        let state = card.map(|c| CardState::parse(&c.state).unwrap_or(CardState::Failed));
+        let profile = card.and_then(|c| profiles.get(&c.profile));
+        if let Err(refusal) = admit(state, profile.is_some()) {
+            let message = match (refusal, card) {
+                (Refusal::WrongState(state), _) => {
+                    format!("card is {state}; only produced cards can be initialized")
+                }
+                (Refusal::UnknownProfile, Some(card)) => {
+                    format!("the card's profile '{}' is not loaded", card.profile)
+                }
+                _ => "no card with this id is in stock".into(),
+            };
             rejected.push(CardRejection {
                 card_id: *card_id,
-                code: "unknown_card",
-                message: "no card with this id is in stock".into(),
-                state: None,
-            });
-            continue;
-        };
-        let state = CardState::parse(&card.state).unwrap_or(CardState::Failed);
-        if !state.can_become(CardState::Initializing) {
-            rejected.push(CardRejection {
-                card_id: *card_id,
-                code: "wrong_state",
-                message: format!("card is {state}; only produced cards can be initialized"),
-                state: Some(state),
+                code: refusal.code(),
+                message,
+                state,
             });
             continue;
         }
-        let Some(profile) = profiles.get(&card.profile) else {
-            rejected.push(CardRejection {
-                card_id: *card_id,
-                code: "unknown_profile",
-                message: format!("the card's profile '{}' is not loaded", card.profile),
-                state: Some(state),
-            });
+        // An admitted card was found and its profile is loaded.
+        let (Some(card), Some(profile)) = (card, profile) else {
             continue;
         };
         let job_id = Uuid::now_v7();
@@ -236,8 +236,9 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
     let mut cards = Vec::new();
     let mut audit = AuditRows::default();
     for (job_id, card, state) in jobs {
-        match JobState::parse(&state) {
-            Some(s @ (JobState::Dispatched | JobState::Encoding)) => {
+        let state = JobState::parse(&state);
+        match (cancel_disposition(state), state) {
+            (CancelDisposition::Stopping, Some(s)) => {
                 outcome.stopping.push(job_id);
                 audit.push_job(
                     "job.cancel_requested",
@@ -252,7 +253,7 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
                     None,
                 );
             }
-            Some(s) if s.can_become(JobState::Cancelled) => {
+            (CancelDisposition::Immediate, Some(s)) => {
                 outcome.cancelled.push(job_id);
                 cards.push(card);
                 audit.push_job(
@@ -317,11 +318,7 @@ impl JobColumns {
     ) {
         self.job_id.push(job_id);
         self.card_id.push(card_id);
-        self.state.push(if rack.is_some() {
-            JobState::Queued.as_str()
-        } else {
-            JobState::AwaitingCard.as_str()
-        });
+        self.state.push(initial_job_state(rack.is_some()).as_str());
         self.rack_id.push(rack);
         self.pin_nonce.push(pin.nonce);
         self.pin_ct.push(pin.ciphertext);
