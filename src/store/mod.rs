@@ -5,6 +5,7 @@
 
 pub mod audit;
 pub mod cards;
+pub(crate) mod dialect;
 pub mod dispatch;
 pub mod escrow;
 pub mod gauges;

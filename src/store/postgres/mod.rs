@@ -3,19 +3,13 @@
 //! (UNNEST) statements, and `pg_notify` wakes the dispatchers.
 
 mod audit;
-mod cards;
 mod dispatch;
 mod escrow;
-mod gauges;
 mod in_doubt;
 mod initialize;
 mod ledger;
-mod public_keys;
-mod rack_keys;
 mod racks;
 mod recovery;
-mod redrive;
-mod rotation;
 mod tokens;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
@@ -50,6 +44,30 @@ impl PgStore {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Starts a write transaction.
+    pub(in crate::store) async fn write(&self) -> Result<crate::store::dialect::postgres::Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The pool reads run on.
+    pub(in crate::store) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Commits a transaction that added outbox rows and wakes the
+    /// dispatchers (`pg_notify` is delivered on commit).
+    pub(in crate::store) async fn commit_waking(
+        &self,
+        mut tx: crate::store::dialect::postgres::Tx,
+    ) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub(super) async fn migrate(&self) -> Result<()> {

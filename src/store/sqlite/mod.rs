@@ -7,19 +7,13 @@
 //! dispatcher through a watch channel, SQLite's stand-in for `pg_notify`.
 
 mod audit;
-mod cards;
 mod dispatch;
 mod escrow;
-mod gauges;
 mod in_doubt;
 mod initialize;
 mod ledger;
-mod public_keys;
-mod rack_keys;
 mod racks;
 mod recovery;
-mod redrive;
-mod rotation;
 mod tokens;
 
 use std::str::FromStr;
@@ -109,8 +103,24 @@ impl SqliteStore {
     }
 
     /// Starts a write transaction holding SQLite's write lock.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(in crate::store) async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The pool reads run on; they never wait for the writer.
+    pub(in crate::store) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Commits a transaction that added outbox rows and wakes the
+    /// dispatchers.
+    pub(in crate::store) async fn commit_waking(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+    ) -> Result<()> {
+        tx.commit().await?;
+        self.wake_dispatchers();
+        Ok(())
     }
 
     /// Wakes outbox listeners; call after the commit that added rows.
