@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::audit::JobTransition;
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 use crate::credentials::{self, CredentialCipher};
 use crate::domain::planning::{
     CancelDisposition, Refusal, admit, cancel_disposition, initial_job_state,
@@ -324,5 +324,212 @@ impl JobColumns {
         self.pin_ct.push(pin.ciphertext);
         self.puk_nonce.push(puk.nonce);
         self.puk_ct.push(puk.ciphertext);
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn initialize(
+            &self,
+            selection: Selection,
+            profiles: &BTreeMap<String, CardProfile>,
+            cipher: &CredentialCipher,
+            actor: &str,
+        ) -> Result<InitializeOutcome> {
+            let mut tx = self.write().await?;
+            // FOR SHARE: a concurrent disable waits for this request to finish.
+            let enabled: Option<bool> = sqlx::query_scalar(concat!(
+                "SELECT enabled FROM process_settings WHERE name = $1",
+                d::for_share!()
+            ))
+            .bind(crate::store::INITIALIZE_PROCESS)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if enabled != Some(true) {
+                return Err(StoreError::ProcessDisabled(crate::store::INITIALIZE_PROCESS.into()));
+            }
+
+            let (requested, rows) = match &selection {
+                Selection::Ids(ids) => {
+                    let unique = unique_ids(ids);
+                    let rows = sqlx::query(concat!(
+                        "SELECT id, state, profile, chip_serial FROM cards WHERE id ",
+                        d::in_list!("$1"),
+                        " ORDER BY id",
+                        d::for_update!()
+                    ))
+                    .bind(d::ids(&unique))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    (unique, rows)
+                }
+                Selection::Filter { card_type, limit } => {
+                    let rows = sqlx::query(concat!(
+                        "SELECT id, state, profile, chip_serial FROM cards
+                         WHERE card_type = $1 AND state = 'produced'
+                         ORDER BY id LIMIT $2",
+                        d::for_update_skip_locked!()
+                    ))
+                    .bind(card_type)
+                    .bind(*limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let ids = rows
+                        .iter()
+                        .map(|r| r.uuid("id"))
+                        .collect::<sqlx::Result<Vec<Uuid>>>()?;
+                    (ids, rows)
+                }
+            };
+
+            let mut found: HashMap<Uuid, FoundCard> = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                found.insert(
+                    r.uuid("id")?,
+                    FoundCard {
+                        state: r.try_get("state")?,
+                        profile: r.try_get("profile")?,
+                        chip_serial: r.try_get("chip_serial")?,
+                    },
+                );
+            }
+            let serials: Vec<&str> = found.values().map(|c| c.chip_serial.as_str()).collect();
+            let locations: HashMap<String, String> = sqlx::query_as(concat!(
+                "SELECT chip_serial, rack_id FROM slot_locations WHERE chip_serial ",
+                d::in_list!("$1")
+            ))
+            .bind(d::texts(&serials))
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+
+            let plan = plan_initialize(&requested, &found, &locations, profiles, cipher);
+            sqlx::query("INSERT INTO batches (id, requested, accepted) VALUES ($1, $2, $3)")
+                .bind(d::id(plan.batch_id))
+                .bind(plan.requested)
+                .bind(plan.accepted_count())
+                .execute(&mut *tx)
+                .await?;
+            if plan.accepted.is_empty() {
+                tx.commit().await?;
+            } else {
+                d::insert_jobs(&mut tx, &plan.jobs, plan.batch_id, cipher.key_id()).await?;
+                d::insert_audit(&mut tx, plan.audit(), actor).await?;
+                self.commit_waking(tx).await?;
+            }
+            Ok(plan.outcome())
+        }
+
+        pub(in crate::store) async fn cancel(
+            &self,
+            batch_id: Uuid,
+            card_id: Option<Uuid>,
+            actor: &str,
+        ) -> Result<CancelOutcome> {
+            let mut tx = self.write().await?;
+            let batch_exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1)")
+                    .bind(d::id(batch_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !batch_exists {
+                return Err(StoreError::NotFound);
+            }
+            if d::ROW_LOCKS {
+                // One lock order for every transaction that touches both:
+                // outbox rows first, then jobs, as the dispatcher's claim
+                // takes them. A claim being published holds its outbox rows;
+                // this waits for it and then sees its jobs dispatched.
+                sqlx::query(concat!(
+                    "SELECT o.id FROM outbox o JOIN jobs j ON j.id = o.job_id
+                     WHERE j.batch_id = $1 AND ($2 IS NULL OR j.card_id = $2)
+                     ORDER BY o.id",
+                    d::for_update_of!("o")
+                ))
+                .bind(d::id(batch_id))
+                .bind(d::opt_id(card_id))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let rows = sqlx::query(concat!(
+                "SELECT id, card_id, state FROM jobs
+                 WHERE batch_id = $1 AND ($2 IS NULL OR card_id = $2)
+                 ORDER BY id",
+                d::for_update!()
+            ))
+            .bind(d::id(batch_id))
+            .bind(d::opt_id(card_id))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.uuid("id")?, r.uuid("card_id")?, r.try_get("state")?)))
+            .collect::<sqlx::Result<Vec<(Uuid, Uuid, String)>>>()?;
+            if card_id.is_some() && rows.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            let plan = plan_cancel(batch_id, rows);
+            let cancelled = d::ids(&plan.outcome.cancelled);
+            if !plan.outcome.cancelled.is_empty() {
+                sqlx::query(concat!(
+                    "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by operator', updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1")
+                ))
+                .bind(&cancelled)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!(
+                    "UPDATE cards SET state = 'produced', state_reason = 'initialization cancelled', updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1"),
+                    " AND state = 'initializing'"
+                ))
+                .bind(d::ids(&plan.cards))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!(
+                    "UPDATE credentials SET status = 'revoked', updated_at = ",
+                    d::now!(),
+                    " WHERE job_id ",
+                    d::in_list!("$1")
+                ))
+                .bind(&cancelled)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!("DELETE FROM outbox WHERE job_id ", d::in_list!("$1")))
+                    .bind(&cancelled)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !plan.outcome.stopping.is_empty() {
+                sqlx::query(concat!(
+                    "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ",
+                    d::now!(),
+                    "), updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1")
+                ))
+                .bind(d::ids(&plan.outcome.stopping))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(message) = &plan.message {
+                sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
+                    .bind(sqlx::types::Json(message))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            d::insert_audit(&mut tx, plan.audit, actor).await?;
+            if plan.message.is_some() {
+                self.commit_waking(tx).await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok(plan.outcome)
+        }
     }
 }

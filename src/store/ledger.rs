@@ -70,3 +70,57 @@ pub(super) fn fold_results(
     }
     (outcomes, changes, audit)
 }
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn apply_results(
+            &self,
+            messages: &[ResultMessage],
+            actor: &str,
+        ) -> Result<Vec<Applied>> {
+            let ids = result_job_ids(messages);
+            let mut tx = self.write().await?;
+            let rows = sqlx::query(concat!(
+                "SELECT id, card_id, batch_id, state, cancel_requested_at IS NOT NULL AS cancel_requested
+                 FROM jobs WHERE id ",
+                d::in_list!("$1"),
+                " ORDER BY id",
+                d::for_update!()
+            ))
+            .bind(d::ids(&ids))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut jobs: HashMap<Uuid, JobRow> = HashMap::with_capacity(rows.len());
+            for r in rows {
+                let state: String = r.try_get("state")?;
+                jobs.insert(
+                    r.uuid("id")?,
+                    JobRow {
+                        card_id: r.uuid("card_id")?,
+                        batch_id: r.uuid("batch_id")?,
+                        state: crate::domain::JobState::parse(&state)
+                            .unwrap_or(crate::domain::JobState::Failed),
+                        cancel_requested: r.try_get("cancel_requested")?,
+                    },
+                );
+            }
+            let (outcomes, c, audit) = fold_results(messages, jobs);
+            if !c.job_id.is_empty() {
+                d::save_result_changes(&mut tx, &c).await?;
+            }
+            d::insert_audit(&mut tx, audit, actor).await?;
+            tx.commit().await?;
+            Ok(outcomes)
+        }
+
+        pub(in crate::store) async fn record_dead_letters(
+            &self,
+            letters: &[DeadLetter],
+        ) -> Result<Vec<String>> {
+            let mut tx = self.write().await?;
+            let inserted = d::insert_dead_letters(&mut tx, letters).await?;
+            tx.commit().await?;
+            Ok(inserted)
+        }
+    }
+}

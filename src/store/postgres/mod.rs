@@ -4,13 +4,7 @@
 
 mod audit;
 mod dispatch;
-mod escrow;
-mod in_doubt;
-mod initialize;
-mod ledger;
 mod racks;
-mod recovery;
-mod tokens;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
 
@@ -20,7 +14,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use super::{OUTBOX_CHANNEL, Result, StoreError, process_audit};
+use super::{OUTBOX_CHANNEL, Result};
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -84,44 +78,6 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
         Ok(listener)
-    }
-
-    pub(super) async fn process_enabled(&self, name: &str) -> Result<bool> {
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        enabled.ok_or(StoreError::NotFound)
-    }
-
-    pub(super) async fn set_process_enabled(
-        &self,
-        name: &str,
-        enabled: bool,
-        actor: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let before: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let before = before.ok_or(StoreError::NotFound)?;
-        if before != enabled {
-            sqlx::query(
-                "UPDATE process_settings SET enabled = $2, updated_at = now() WHERE name = $1",
-            )
-            .bind(name)
-            .bind(enabled)
-            .execute(&mut *tx)
-            .await?;
-            process_audit(name, enabled)
-                .insert_pg(&mut tx, actor)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 
