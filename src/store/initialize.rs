@@ -469,7 +469,6 @@ super::dialect::for_each_dialect! {
                 return Err(StoreError::NotFound);
             }
             let plan = plan_cancel(batch_id, rows);
-            let cancelled = d::ids(&plan.outcome.cancelled);
             if !plan.outcome.cancelled.is_empty() {
                 sqlx::query(concat!(
                     "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by operator', updated_at = ",
@@ -477,7 +476,7 @@ super::dialect::for_each_dialect! {
                     " WHERE id ",
                     d::in_list!("$1")
                 ))
-                .bind(&cancelled)
+                .bind(d::ids(&plan.outcome.cancelled))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(concat!(
@@ -496,11 +495,11 @@ super::dialect::for_each_dialect! {
                     " WHERE job_id ",
                     d::in_list!("$1")
                 ))
-                .bind(&cancelled)
+                .bind(d::ids(&plan.outcome.cancelled))
                 .execute(&mut *tx)
                 .await?;
                 sqlx::query(concat!("DELETE FROM outbox WHERE job_id ", d::in_list!("$1")))
-                    .bind(&cancelled)
+                    .bind(d::ids(&plan.outcome.cancelled))
                     .execute(&mut *tx)
                     .await?;
             }
