@@ -14,14 +14,14 @@ use std::time::Duration;
 use cardfleet_schemas::bus::{Bus, Props, Publisher};
 use cardfleet_schemas::sealing::{self, RackPublicKey};
 use cardfleet_schemas::{
-    self as wire, CardProfile, CardSecrets, EncodeResult, Failure, InitializeJob, Meta, Outcome,
-    ResultMessage,
+    self as wire, CardProfile, CardSecrets, InitializeJob, Meta, ResultMessage,
 };
 use futures_util::future::join_all;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
 use crate::credentials::{CredentialCipher, ManagementKeyKdf, MasterKey};
+use crate::domain::failures::{FailedJob, failed_result};
 use crate::metrics::{Metrics, RACK_NOT_ENROLLED};
 use crate::store::Store;
 use crate::store::dispatch::OutboxJob;
@@ -268,29 +268,20 @@ impl Dispatcher {
 
 /// The failed result of a job whose rack has no key to seal its secrets to.
 fn not_enrolled(job: &OutboxJob) -> ResultMessage {
-    let now = chrono::Utc::now();
-    ResultMessage::EncodeResult(EncodeResult {
-        meta: Meta::now(),
-        job_id: job.job_id,
-        batch_id: job.batch_id,
-        card_id: job.card_id,
-        rack_id: job.rack_id.clone(),
-        slot: None,
-        worker_id: "dispatcher".into(),
-        outcome: Outcome::Failed,
-        failure: Some(Failure {
-            code: RACK_NOT_ENROLLED.into(),
-            message: format!(
-                "rack '{}' has no enrolled key to seal the job's secrets to; enroll it \
-                 (cardfleet racks enroll-token) and submit the card again",
-                job.rack_id
-            ),
-            card_unusable: false,
-        }),
-        steps: vec![],
-        attempts: 0,
-        started_at: now,
-        finished_at: now,
-        public_keys: Vec::new(),
-    })
+    failed_result(
+        FailedJob {
+            job_id: job.job_id,
+            batch_id: job.batch_id,
+            card_id: job.card_id,
+            rack_id: job.rack_id.clone(),
+            started_at: chrono::Utc::now(),
+        },
+        "dispatcher",
+        RACK_NOT_ENROLLED,
+        format!(
+            "rack '{}' has no enrolled key to seal the job's secrets to; enroll it \
+             (cardfleet racks enroll-token) and submit the card again",
+            job.rack_id
+        ),
+    )
 }

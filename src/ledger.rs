@@ -8,12 +8,11 @@ use std::time::Duration;
 
 use cardfleet_schemas::bus::{Bus, Consumer, Delivery};
 use cardfleet_schemas::sealing::SECRETS_UNOPENABLE;
-use cardfleet_schemas::{
-    self as wire, EncodeResult, EventMessage, Failure, InitializeJob, Meta, Outcome, ResultMessage,
-};
+use cardfleet_schemas::{self as wire, EventMessage, InitializeJob, Meta, Outcome, ResultMessage};
 use tokio_util::sync::CancellationToken;
 
 use crate::broker;
+use crate::domain::failures::{DEAD_LETTERED, FailedJob, failed_result};
 use crate::metrics::Metrics;
 use crate::rack_identity::{Claimed, RackKeys};
 use crate::store::Store;
@@ -360,28 +359,20 @@ impl Ledger {
                 let code = if reason.starts_with(SECRETS_UNOPENABLE) {
                     SECRETS_UNOPENABLE
                 } else {
-                    crate::store::ledger::DEAD_LETTERED
+                    DEAD_LETTERED
                 };
-                exhausted.push(ResultMessage::EncodeResult(EncodeResult {
-                    meta: Meta::now(),
-                    job_id: job.job_id,
-                    batch_id: job.batch_id,
-                    card_id: job.card_id,
-                    rack_id: job.rack_id,
-                    slot: None,
-                    worker_id: "broker".into(),
-                    outcome: Outcome::Failed,
-                    failure: Some(Failure {
-                        code: code.into(),
-                        message: format!("the broker dead-lettered the job ({reason})"),
-                        card_unusable: false,
-                    }),
-                    steps: vec![],
-                    attempts: 0,
-                    started_at: job.meta.sent_at,
-                    finished_at: chrono::Utc::now(),
-                    public_keys: Vec::new(),
-                }));
+                exhausted.push(failed_result(
+                    FailedJob {
+                        job_id: job.job_id,
+                        batch_id: job.batch_id,
+                        card_id: job.card_id,
+                        rack_id: job.rack_id,
+                        started_at: job.meta.sent_at,
+                    },
+                    "broker",
+                    code,
+                    format!("the broker dead-lettered the job ({reason})"),
+                ));
             }
             letters.push(letter(delivery, &source, &reason));
         }

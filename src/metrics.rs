@@ -19,7 +19,7 @@ pub const DEAD_LETTER_SOURCES: [&str; 4] = [
 
 /// Failure code (and `cardfleet_jobs_undispatchable_total` reason) of a job
 /// whose rack has no enrolled key to seal its secrets to.
-pub const RACK_NOT_ENROLLED: &str = "rack_not_enrolled";
+pub use crate::domain::failures::RACK_NOT_ENROLLED;
 
 #[derive(Debug, Clone)]
 pub struct Metrics {

@@ -125,6 +125,13 @@ async fn workers_reconnect_after_a_broker_restart_and_every_card_completes() {
     use cardfleet_worker::rack::simulated::SimCard;
     use support::workers::*;
 
+    // Reconnects and their causes, for whoever reads a failure.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+        ))
+        .with_test_writer()
+        .try_init();
     let app = spawn_app().await;
     let n = 400u32;
     import_serials(&app, 1..=n).await;

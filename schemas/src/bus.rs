@@ -42,6 +42,25 @@ impl From<rabbit::ConnectError> for BusError {
     }
 }
 
+/// How long a channel operation that awaits the broker's answer
+/// (opening a channel, declaring, consuming, cancelling) may take before
+/// the connection counts as lost.
+pub const RPC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// `operation` bounded by [`RPC_TIMEOUT`].
+async fn bounded<T, E: Into<BusError>>(
+    what: &str,
+    operation: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BusError> {
+    match tokio::time::timeout(RPC_TIMEOUT, operation).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(BusError::Closed(format!(
+            "{what}: no answer from the broker within {} s",
+            RPC_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Message properties cardfleet uses: id, type and text headers.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Props {
@@ -143,7 +162,9 @@ impl Connection {
     /// A publisher whose publishes are confirmed.
     pub async fn publisher(&self) -> Result<Publisher, BusError> {
         match self {
-            Connection::Amqp(conn) => Ok(Publisher::Amqp(rabbit::confirm_channel(conn).await?)),
+            Connection::Amqp(conn) => Ok(Publisher::Amqp(
+                bounded("open a publisher channel", rabbit::confirm_channel(conn)).await?,
+            )),
             Connection::Memory(bus) => Ok(Publisher::Memory(bus.clone())),
         }
     }
@@ -157,18 +178,22 @@ impl Connection {
     ) -> Result<Consumer, BusError> {
         match self {
             Connection::Amqp(conn) => {
-                let channel = conn.create_channel().await?;
-                channel
-                    .basic_qos(prefetch, BasicQosOptions::default())
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
+                let channel = bounded("open a channel", conn.create_channel()).await?;
+                bounded(
+                    "set the prefetch",
+                    channel.basic_qos(prefetch, BasicQosOptions::default()),
+                )
+                .await?;
+                let consumer = bounded(
+                    "consume",
+                    channel.basic_consume(
                         queue.into(),
                         tag.into(),
                         BasicConsumeOptions::default(),
                         FieldTable::default(),
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 Ok(Consumer::Amqp(Box::new(AmqpConsumer {
                     channel,
                     consumer,
@@ -184,9 +209,10 @@ impl Connection {
     pub async fn subscribe(&self, exchange: &str, tag: &str) -> Result<Consumer, BusError> {
         match self {
             Connection::Amqp(conn) => {
-                let channel = conn.create_channel().await?;
-                let queue = channel
-                    .queue_declare(
+                let channel = bounded("open a channel", conn.create_channel()).await?;
+                let queue = bounded(
+                    "declare a subscriber queue",
+                    channel.queue_declare(
                         "".into(),
                         QueueDeclareOptions {
                             exclusive: true,
@@ -194,19 +220,23 @@ impl Connection {
                             ..QueueDeclareOptions::default()
                         },
                         FieldTable::default(),
-                    )
-                    .await?;
-                channel
-                    .queue_bind(
+                    ),
+                )
+                .await?;
+                bounded(
+                    "bind a subscriber queue",
+                    channel.queue_bind(
                         queue.name().clone(),
                         exchange.into(),
                         "".into(),
                         QueueBindOptions::default(),
                         FieldTable::default(),
-                    )
-                    .await?;
-                let consumer = channel
-                    .basic_consume(
+                    ),
+                )
+                .await?;
+                let consumer = bounded(
+                    "subscribe",
+                    channel.basic_consume(
                         queue.name().clone(),
                         tag.into(),
                         BasicConsumeOptions {
@@ -214,8 +244,9 @@ impl Connection {
                             ..BasicConsumeOptions::default()
                         },
                         FieldTable::default(),
-                    )
-                    .await?;
+                    ),
+                )
+                .await?;
                 Ok(Consumer::Amqp(Box::new(AmqpConsumer {
                     channel,
                     consumer,
@@ -228,7 +259,7 @@ impl Connection {
 
     pub async fn close(&self) {
         if let Connection::Amqp(conn) = self {
-            let _ = conn.close(200, "shutdown".into()).await;
+            let _ = bounded("close", conn.close(200, "shutdown".into())).await;
         }
     }
 }
@@ -244,7 +275,9 @@ impl Publisher {
     /// Declares exchanges and the fixed queues; idempotent.
     pub async fn declare_topology(&self) -> Result<(), BusError> {
         match self {
-            Publisher::Amqp(channel) => Ok(rabbit::declare_topology(channel).await?),
+            Publisher::Amqp(channel) => {
+                bounded("declare the topology", rabbit::declare_topology(channel)).await
+            }
             Publisher::Memory(bus) => bus.declare_topology(),
         }
     }
@@ -257,7 +290,11 @@ impl Publisher {
     ) -> Result<(), BusError> {
         match self {
             Publisher::Amqp(channel) => {
-                Ok(rabbit::declare_rack_queue(channel, rack_id, delivery_limit).await?)
+                bounded(
+                    "declare a rack queue",
+                    rabbit::declare_rack_queue(channel, rack_id, delivery_limit),
+                )
+                .await
             }
             Publisher::Memory(bus) => bus.declare_rack_queue(rack_id, delivery_limit),
         }
@@ -320,12 +357,27 @@ pub enum Confirm {
     Done(bool),
 }
 
+/// How long a publisher waits for the broker's confirm. A broker that
+/// neither confirms nor closes the channel in this time (a queue still
+/// recovering after a restart, a half-open connection) counts as a lost
+/// connection: the caller reconnects and publishes again, and the
+/// receivers ignore the duplicate.
+pub const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Confirm {
-    /// True when the bus took the message and (if mandatory) routed it.
+    /// True when the bus took the message and (if mandatory) routed it;
+    /// an error when the confirm did not come within [`CONFIRM_TIMEOUT`].
     pub async fn confirmed(self) -> Result<bool, BusError> {
         match self {
             Confirm::Amqp(confirm) => {
-                let confirmation = confirm.await?;
+                let confirmation = tokio::time::timeout(CONFIRM_TIMEOUT, confirm)
+                    .await
+                    .map_err(|_| {
+                        BusError::Closed(format!(
+                            "no publisher confirm within {} s",
+                            CONFIRM_TIMEOUT.as_secs()
+                        ))
+                    })??;
                 Ok(confirmation.is_ack() && confirmation.take_message().is_none())
             }
             Confirm::Done(ok) => Ok(ok),
@@ -380,10 +432,12 @@ impl Consumer {
     /// Stops deliveries; unsettled ones may still be acked.
     pub async fn cancel(&self) {
         if let Consumer::Amqp(c) = self {
-            let _ = c
-                .channel
-                .basic_cancel(c.tag.as_str().into(), BasicCancelOptions::default())
-                .await;
+            let _ = bounded(
+                "cancel a consumer",
+                c.channel
+                    .basic_cancel(c.tag.as_str().into(), BasicCancelOptions::default()),
+            )
+            .await;
         }
     }
 }

@@ -77,6 +77,34 @@ pub fn rate_limit(settings: &RateLimitSettings) -> Option<Arc<RateLimit>> {
         .map(Arc::new)
 }
 
+/// How often idle tokens' buckets are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Forgets, every [`PRUNE_EVERY`], the buckets of tokens idle long enough
+/// to be full again, so the limiter holds the active tokens rather than
+/// every token ever seen. Stops when the limiter is dropped.
+pub fn prune_idle_buckets(config: &Arc<RateLimit>) {
+    let weak = Arc::downgrade(config);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(config) = weak.upgrade() else { break };
+            prune(&config);
+        }
+    });
+}
+
+fn prune(config: &RateLimit) {
+    let limiter = config.limiter();
+    limiter.retain_recent();
+    limiter.shrink_to_fit();
+}
+
 /// The 429 (or, should the limiter fail, 500) in the API's error shape.
 pub fn rate_limited(error: GovernorError) -> Response<Body> {
     match error {
@@ -192,6 +220,26 @@ mod tests {
         });
         assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn the_buckets_of_idle_tokens_are_forgotten() {
+        // Full again 1 ms after one request.
+        let config = rate_limit(&RateLimitSettings {
+            per_second: 1000,
+            burst: 1,
+        })
+        .unwrap();
+        for _ in 0..100 {
+            assert!(config.limiter().check_key(&Uuid::new_v4()).is_ok());
+        }
+        assert_eq!(config.limiter().len(), 100);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !config.limiter().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+            prune(&config);
+        }
+        assert_eq!(config.limiter().len(), 0, "idle buckets were kept");
     }
 
     #[test]

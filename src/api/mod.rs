@@ -113,9 +113,12 @@ pub fn router(state: AppState, http: &crate::settings::HttpSettings) -> Router {
     // Layers run outside in: access log, request metrics, time limit,
     // authorization, then the per-token rate limit (which needs the caller).
     let router = match hardening::rate_limit(&http.rate_limit) {
-        Some(config) => router.layer(
-            tower_governor::GovernorLayer::new(config).error_handler(hardening::rate_limited),
-        ),
+        Some(config) => {
+            hardening::prune_idle_buckets(&config);
+            router.layer(
+                tower_governor::GovernorLayer::new(config).error_handler(hardening::rate_limited),
+            )
+        }
         None => router,
     };
     router

@@ -16,17 +16,7 @@ pub struct AuditRows {
     pub(super) detail: Vec<Option<serde_json::Value>>,
 }
 
-/// One job transition for [`AuditRows::push_job`].
-#[derive(Debug, Clone, Copy)]
-pub struct JobTransition {
-    pub job_id: Uuid,
-    pub card_id: Uuid,
-    pub batch_id: Uuid,
-    pub from: Option<&'static str>,
-    pub to: &'static str,
-    /// The card's state after the transition, when it changed.
-    pub card_state: Option<&'static str>,
-}
+pub use crate::domain::JobTransition;
 
 impl AuditRows {
     pub fn len(&self) -> usize {
@@ -134,5 +124,46 @@ pub struct AuditFilter {
 impl super::Store {
     pub async fn list_audit(&self, filter: &AuditFilter) -> super::Result<Vec<AuditEntry>> {
         super::on_backend!(self, s => s.list_audit(filter).await)
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn list_audit(
+            &self,
+            filter: &AuditFilter,
+        ) -> crate::store::Result<Vec<AuditEntry>> {
+            let rows = sqlx::query(
+                "SELECT id, at, actor, action, card_id, job_id, batch_id, from_state, to_state, card_state, detail
+                 FROM audit
+                 WHERE id > $1 AND ($2 IS NULL OR batch_id = $2) AND ($3 IS NULL OR card_id = $3)
+                   AND ($4 IS NULL OR action = $4)
+                 ORDER BY id LIMIT $5",
+            )
+            .bind(filter.after)
+            .bind(d::opt_id(filter.batch_id))
+            .bind(d::opt_id(filter.card_id))
+            .bind(&filter.action)
+            .bind(filter.limit)
+            .fetch_all(self.reader())
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(AuditEntry {
+                        id: r.try_get("id")?,
+                        at: r.try_get("at")?,
+                        actor: r.try_get("actor")?,
+                        action: r.try_get("action")?,
+                        card_id: r.opt_uuid("card_id")?,
+                        job_id: r.opt_uuid("job_id")?,
+                        batch_id: r.opt_uuid("batch_id")?,
+                        from_state: r.try_get("from_state")?,
+                        to_state: r.try_get("to_state")?,
+                        card_state: r.try_get("card_state")?,
+                        detail: r.json("detail")?,
+                    })
+                })
+                .collect()
+        }
     }
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 use crate::domain::{CardNumber, CardState, CardType, ChipSerial};
 
 /// One row of a production file, as received.
@@ -232,5 +232,101 @@ impl Store {
             job.lease_expired_at = marks.get(&job.job_id).copied();
         }
         Ok(detail)
+    }
+}
+
+const CARD_COLUMNS: &str = "id, card_number, chip_serial, card_type, profile, state, state_reason, updated_at, management_key_kdf";
+
+super::dialect::for_each_dialect! {
+    fn card_from_row(row: &<d::Backend as sqlx::Database>::Row) -> Result<CardSummary> {
+        let state: String = row.try_get("state")?;
+        Ok(CardSummary {
+            card_id: row.uuid("id")?,
+            card_number: row.try_get("card_number")?,
+            chip_serial: row.try_get("chip_serial")?,
+            card_type: row.try_get("card_type")?,
+            profile: row.try_get("profile")?,
+            state: CardState::parse(&state).unwrap_or(CardState::Failed),
+            state_reason: row.try_get("state_reason")?,
+            updated_at: row.try_get("updated_at")?,
+            management_key_kdf: row.try_get("management_key_kdf")?,
+        })
+    }
+
+    impl Db {
+        pub(in crate::store) async fn import_cards(
+            &self,
+            cards: NewCards,
+            rejected: Vec<RowRejection>,
+            actor: &str,
+        ) -> Result<ImportOutcome> {
+            let mut tx = self.write().await?;
+            let inserted = d::insert_cards(&mut tx, &cards).await?;
+            let (outcome, audit) = cards.outcome(&inserted, rejected);
+            d::insert_audit(&mut tx, audit, actor).await?;
+            tx.commit().await?;
+            Ok(outcome)
+        }
+
+        pub(in crate::store) async fn list_cards(
+            &self,
+            filter: &CardFilter,
+        ) -> Result<Vec<CardSummary>> {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {CARD_COLUMNS} FROM cards
+                 WHERE ($1 IS NULL OR card_type = $1) AND ($2 IS NULL OR state = $2)
+                   AND ($5 IS NULL OR card_number = $5) AND ($6 IS NULL OR chip_serial = $6)
+                   AND ($7 IS NULL OR id IN (SELECT card_id FROM jobs WHERE batch_id = $7))
+                 ORDER BY id LIMIT $3 OFFSET $4"
+            )))
+            .bind(filter.card_type.as_deref())
+            .bind(filter.state.map(CardState::as_str))
+            .bind(filter.limit)
+            .bind(filter.offset)
+            .bind(filter.card_number.as_deref())
+            .bind(filter.chip_serial.as_deref())
+            .bind(d::opt_id(filter.batch_id))
+            .fetch_all(self.reader())
+            .await?;
+            rows.iter().map(card_from_row).collect()
+        }
+
+        pub(in crate::store) async fn card_detail(&self, card_id: Uuid) -> Result<CardDetail> {
+            let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {CARD_COLUMNS} FROM cards WHERE id = $1"
+            )))
+            .bind(d::id(card_id))
+            .fetch_optional(self.reader())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            let card = card_from_row(&row)?;
+            let jobs = sqlx::query(
+                "SELECT id, batch_id, state, rack_id, reason, steps, created_at, updated_at
+                 FROM jobs WHERE card_id = $1 ORDER BY created_at, id",
+            )
+            .bind(d::id(card_id))
+            .fetch_all(self.reader())
+            .await?
+            .iter()
+            .map(|r| {
+                Ok(JobHistoryEntry {
+                    job_id: r.uuid("id")?,
+                    batch_id: r.uuid("batch_id")?,
+                    state: r.try_get("state")?,
+                    rack_id: r.try_get("rack_id")?,
+                    reason: r.try_get("reason")?,
+                    steps: r.json("steps")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                    lease_expired_at: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            Ok(CardDetail {
+                card,
+                jobs,
+                public_keys: Vec::new(),
+            })
+        }
     }
 }

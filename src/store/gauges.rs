@@ -26,3 +26,47 @@ impl Store {
         on_backend!(self, s => s.fleet_snapshot().await)
     }
 }
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        /// Every query stays off the bulk of `jobs`: the live states are
+        /// counted through the partial index `jobs_one_live_per_card`, which
+        /// holds only live jobs, and the outbox is read at its head.
+        pub(in crate::store) async fn fleet_snapshot(&self) -> Result<FleetSnapshot> {
+            let live_jobs: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT state, count(*) FROM jobs
+                 WHERE state IN ('queued', 'awaiting_card', 'dispatched', 'encoding')
+                 GROUP BY state",
+            )
+            .fetch_all(self.reader())
+            .await?;
+            let outbox_lag_seconds: Option<f64> = sqlx::query_scalar(concat!(
+                "SELECT ",
+                d::age_seconds!("created_at"),
+                " FROM outbox ORDER BY id LIMIT 1"
+            ))
+            .fetch_optional(self.reader())
+            .await?;
+            let racks = sqlx::query(concat!(
+                "SELECT rack_id, ",
+                d::age_seconds!("last_heartbeat"),
+                " AS age FROM racks ORDER BY rack_id LIMIT $1"
+            ))
+            .bind(MAX_RACKS)
+            .fetch_all(self.reader())
+            .await?
+            .into_iter()
+            .map(|r| Ok((r.try_get("rack_id")?, r.try_get("age")?)))
+            .collect::<Result<Vec<_>>>()?;
+            let dead_letters: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+                .fetch_one(self.reader())
+                .await?;
+            Ok(FleetSnapshot {
+                live_jobs,
+                outbox_lag_seconds: outbox_lag_seconds.unwrap_or(0.0),
+                racks,
+                dead_letters,
+            })
+        }
+    }
+}

@@ -8,7 +8,7 @@
 use uuid::Uuid;
 
 use super::audit::JobTransition;
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 use crate::domain::{CardState, JobState};
 
 /// Audit action of a job an operator ran again.
@@ -41,5 +41,61 @@ impl Store {
     /// in doubt (or its job has no rack to go to).
     pub async fn rerun_in_doubt(&self, card_id: Uuid, actor: &str) -> Result<Uuid> {
         on_backend!(self, s => s.rerun_in_doubt(card_id, actor).await)
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn rerun_in_doubt(
+            &self,
+            card_id: Uuid,
+            actor: &str,
+        ) -> Result<Uuid> {
+            let mut tx = self.write().await?;
+            // The job whose credentials are escrowed for the card; the card
+            // row is locked first, as initializing a card does.
+            let row = sqlx::query(concat!(
+                "SELECT j.id, j.batch_id, j.rack_id
+                   FROM cards c
+                   JOIN credentials cr ON cr.card_id = c.id AND cr.status = 'pending'
+                   JOIN jobs j ON j.id = cr.job_id AND j.state = 'failed'
+                  WHERE c.id = $1 AND c.state = 'in_doubt'
+                  ORDER BY cr.created_at DESC LIMIT 1",
+                d::for_update_of!("c, j")
+            ))
+            .bind(d::id(card_id))
+            .fetch_optional(&mut *tx)
+            .await?;
+            let row: Option<DoubtfulJob> = row
+                .map(|r| Ok::<_, sqlx::Error>((r.uuid("id")?, r.uuid("batch_id")?, r.try_get("rack_id")?)))
+                .transpose()?;
+            let Some((job_id, batch_id, Some(rack_id))) = row else {
+                return Err(StoreError::NotFound);
+            };
+            sqlx::query(concat!(
+                "UPDATE jobs SET state = 'queued', reason = NULL, updated_at = ",
+                d::now!(),
+                " WHERE id = $1"
+            ))
+            .bind(d::id(job_id))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(concat!(
+                "UPDATE cards SET state = 'initializing', state_reason = NULL, updated_at = ",
+                d::now!(),
+                " WHERE id = $1"
+            ))
+            .bind(d::id(card_id))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("INSERT INTO outbox (job_id, rack_id) VALUES ($1, $2)")
+                .bind(d::id(job_id))
+                .bind(&rack_id)
+                .execute(&mut *tx)
+                .await?;
+            d::insert_audit(&mut tx, rerun_audit(card_id, job_id, batch_id), actor).await?;
+            self.commit_waking(tx).await?;
+            Ok(job_id)
+        }
     }
 }

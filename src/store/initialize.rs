@@ -10,8 +10,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::audit::JobTransition;
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 use crate::credentials::{self, CredentialCipher};
+use crate::domain::planning::{
+    CancelDisposition, Refusal, admit, cancel_disposition, initial_job_state,
+};
 use crate::domain::{CardState, JobState};
 
 /// Which cards a request names.
@@ -125,32 +128,29 @@ pub(super) fn plan_initialize(
     let mut jobs = JobColumns::default();
     let mut rng = rand::thread_rng();
     for card_id in requested {
-        let Some(card) = found.get(card_id) else {
+        let card = found.get(card_id);
+        let state = card.map(|c| CardState::parse(&c.state).unwrap_or(CardState::Failed));
+        let profile = card.and_then(|c| profiles.get(&c.profile));
+        if let Err(refusal) = admit(state, profile.is_some()) {
+            let message = match (refusal, card) {
+                (Refusal::WrongState(state), _) => {
+                    format!("card is {state}; only produced cards can be initialized")
+                }
+                (Refusal::UnknownProfile, Some(card)) => {
+                    format!("the card's profile '{}' is not loaded", card.profile)
+                }
+                _ => "no card with this id is in stock".into(),
+            };
             rejected.push(CardRejection {
                 card_id: *card_id,
-                code: "unknown_card",
-                message: "no card with this id is in stock".into(),
-                state: None,
-            });
-            continue;
-        };
-        let state = CardState::parse(&card.state).unwrap_or(CardState::Failed);
-        if !state.can_become(CardState::Initializing) {
-            rejected.push(CardRejection {
-                card_id: *card_id,
-                code: "wrong_state",
-                message: format!("card is {state}; only produced cards can be initialized"),
-                state: Some(state),
+                code: refusal.code(),
+                message,
+                state,
             });
             continue;
         }
-        let Some(profile) = profiles.get(&card.profile) else {
-            rejected.push(CardRejection {
-                card_id: *card_id,
-                code: "unknown_profile",
-                message: format!("the card's profile '{}' is not loaded", card.profile),
-                state: Some(state),
-            });
+        // An admitted card was found and its profile is loaded.
+        let (Some(card), Some(profile)) = (card, profile) else {
             continue;
         };
         let job_id = Uuid::now_v7();
@@ -236,8 +236,9 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
     let mut cards = Vec::new();
     let mut audit = AuditRows::default();
     for (job_id, card, state) in jobs {
-        match JobState::parse(&state) {
-            Some(s @ (JobState::Dispatched | JobState::Encoding)) => {
+        let state = JobState::parse(&state);
+        match (cancel_disposition(state), state) {
+            (CancelDisposition::Stopping, Some(s)) => {
                 outcome.stopping.push(job_id);
                 audit.push_job(
                     "job.cancel_requested",
@@ -252,7 +253,7 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
                     None,
                 );
             }
-            Some(s) if s.can_become(JobState::Cancelled) => {
+            (CancelDisposition::Immediate, Some(s)) => {
                 outcome.cancelled.push(job_id);
                 cards.push(card);
                 audit.push_job(
@@ -317,15 +318,217 @@ impl JobColumns {
     ) {
         self.job_id.push(job_id);
         self.card_id.push(card_id);
-        self.state.push(if rack.is_some() {
-            JobState::Queued.as_str()
-        } else {
-            JobState::AwaitingCard.as_str()
-        });
+        self.state.push(initial_job_state(rack.is_some()).as_str());
         self.rack_id.push(rack);
         self.pin_nonce.push(pin.nonce);
         self.pin_ct.push(pin.ciphertext);
         self.puk_nonce.push(puk.nonce);
         self.puk_ct.push(puk.ciphertext);
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn initialize(
+            &self,
+            selection: Selection,
+            profiles: &BTreeMap<String, CardProfile>,
+            cipher: &CredentialCipher,
+            actor: &str,
+        ) -> Result<InitializeOutcome> {
+            let mut tx = self.write().await?;
+            // FOR SHARE: a concurrent disable waits for this request to finish.
+            let enabled: Option<bool> = sqlx::query_scalar(concat!(
+                "SELECT enabled FROM process_settings WHERE name = $1",
+                d::for_share!()
+            ))
+            .bind(crate::store::INITIALIZE_PROCESS)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if enabled != Some(true) {
+                return Err(StoreError::ProcessDisabled(crate::store::INITIALIZE_PROCESS.into()));
+            }
+
+            let (requested, rows) = match &selection {
+                Selection::Ids(ids) => {
+                    let unique = unique_ids(ids);
+                    let rows = sqlx::query(concat!(
+                        "SELECT id, state, profile, chip_serial FROM cards WHERE id ",
+                        d::in_list!("$1"),
+                        " ORDER BY id",
+                        d::for_update!()
+                    ))
+                    .bind(d::ids(&unique))
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    (unique, rows)
+                }
+                Selection::Filter { card_type, limit } => {
+                    let rows = sqlx::query(concat!(
+                        "SELECT id, state, profile, chip_serial FROM cards
+                         WHERE card_type = $1 AND state = 'produced'
+                         ORDER BY id LIMIT $2",
+                        d::for_update_skip_locked!()
+                    ))
+                    .bind(card_type)
+                    .bind(*limit)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let ids = rows
+                        .iter()
+                        .map(|r| r.uuid("id"))
+                        .collect::<sqlx::Result<Vec<Uuid>>>()?;
+                    (ids, rows)
+                }
+            };
+
+            let mut found: HashMap<Uuid, FoundCard> = HashMap::with_capacity(rows.len());
+            for r in &rows {
+                found.insert(
+                    r.uuid("id")?,
+                    FoundCard {
+                        state: r.try_get("state")?,
+                        profile: r.try_get("profile")?,
+                        chip_serial: r.try_get("chip_serial")?,
+                    },
+                );
+            }
+            let serials: Vec<&str> = found.values().map(|c| c.chip_serial.as_str()).collect();
+            let locations: HashMap<String, String> = sqlx::query_as(concat!(
+                "SELECT chip_serial, rack_id FROM slot_locations WHERE chip_serial ",
+                d::in_list!("$1")
+            ))
+            .bind(d::texts(&serials))
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .collect();
+
+            let plan = plan_initialize(&requested, &found, &locations, profiles, cipher);
+            sqlx::query("INSERT INTO batches (id, requested, accepted) VALUES ($1, $2, $3)")
+                .bind(d::id(plan.batch_id))
+                .bind(plan.requested)
+                .bind(plan.accepted_count())
+                .execute(&mut *tx)
+                .await?;
+            if plan.accepted.is_empty() {
+                tx.commit().await?;
+            } else {
+                d::insert_jobs(&mut tx, &plan.jobs, plan.batch_id, cipher.key_id()).await?;
+                d::insert_audit(&mut tx, plan.audit(), actor).await?;
+                self.commit_waking(tx).await?;
+            }
+            Ok(plan.outcome())
+        }
+
+        pub(in crate::store) async fn cancel(
+            &self,
+            batch_id: Uuid,
+            card_id: Option<Uuid>,
+            actor: &str,
+        ) -> Result<CancelOutcome> {
+            let mut tx = self.write().await?;
+            let batch_exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM batches WHERE id = $1)")
+                    .bind(d::id(batch_id))
+                    .fetch_one(&mut *tx)
+                    .await?;
+            if !batch_exists {
+                return Err(StoreError::NotFound);
+            }
+            if d::ROW_LOCKS {
+                // One lock order for every transaction that touches both:
+                // outbox rows first, then jobs, as the dispatcher's claim
+                // takes them. A claim being published holds its outbox rows;
+                // this waits for it and then sees its jobs dispatched.
+                sqlx::query(concat!(
+                    "SELECT o.id FROM outbox o JOIN jobs j ON j.id = o.job_id
+                     WHERE j.batch_id = $1 AND ($2 IS NULL OR j.card_id = $2)
+                     ORDER BY o.id",
+                    d::for_update_of!("o")
+                ))
+                .bind(d::id(batch_id))
+                .bind(d::opt_id(card_id))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let rows = sqlx::query(concat!(
+                "SELECT id, card_id, state FROM jobs
+                 WHERE batch_id = $1 AND ($2 IS NULL OR card_id = $2)
+                 ORDER BY id",
+                d::for_update!()
+            ))
+            .bind(d::id(batch_id))
+            .bind(d::opt_id(card_id))
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|r| Ok((r.uuid("id")?, r.uuid("card_id")?, r.try_get("state")?)))
+            .collect::<sqlx::Result<Vec<(Uuid, Uuid, String)>>>()?;
+            if card_id.is_some() && rows.is_empty() {
+                return Err(StoreError::NotFound);
+            }
+            let plan = plan_cancel(batch_id, rows);
+            if !plan.outcome.cancelled.is_empty() {
+                sqlx::query(concat!(
+                    "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by operator', updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1")
+                ))
+                .bind(d::ids(&plan.outcome.cancelled))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!(
+                    "UPDATE cards SET state = 'produced', state_reason = 'initialization cancelled', updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1"),
+                    " AND state = 'initializing'"
+                ))
+                .bind(d::ids(&plan.cards))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!(
+                    "UPDATE credentials SET status = 'revoked', updated_at = ",
+                    d::now!(),
+                    " WHERE job_id ",
+                    d::in_list!("$1")
+                ))
+                .bind(d::ids(&plan.outcome.cancelled))
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(concat!("DELETE FROM outbox WHERE job_id ", d::in_list!("$1")))
+                    .bind(d::ids(&plan.outcome.cancelled))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if !plan.outcome.stopping.is_empty() {
+                sqlx::query(concat!(
+                    "UPDATE jobs SET cancel_requested_at = COALESCE(cancel_requested_at, ",
+                    d::now!(),
+                    "), updated_at = ",
+                    d::now!(),
+                    " WHERE id ",
+                    d::in_list!("$1")
+                ))
+                .bind(d::ids(&plan.outcome.stopping))
+                .execute(&mut *tx)
+                .await?;
+            }
+            if let Some(message) = &plan.message {
+                sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
+                    .bind(sqlx::types::Json(message))
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            d::insert_audit(&mut tx, plan.audit, actor).await?;
+            if plan.message.is_some() {
+                self.commit_waking(tx).await?;
+            } else {
+                tx.commit().await?;
+            }
+            Ok(plan.outcome)
+        }
     }
 }

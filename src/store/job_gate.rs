@@ -41,3 +41,42 @@ impl Store {
         Ok(facts)
     }
 }
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        /// (job, cancelled, started) per job of the rack.
+        pub(in crate::store) async fn job_gate_facts(
+            &self,
+            rack_id: &str,
+            job_ids: &[Uuid],
+        ) -> Result<Vec<(Uuid, bool, bool)>> {
+            let rows = sqlx::query(concat!(
+                "SELECT j.id,
+                        (j.state = 'cancelled' OR j.cancel_requested_at IS NOT NULL) AS cancelled,
+                        (j.state IN ('encoding', 'succeeded', 'failed')
+                         OR EXISTS (SELECT 1 FROM audit a
+                                    WHERE a.card_id = j.card_id AND a.job_id = j.id
+                                      AND a.action ",
+                d::in_list!("$3"),
+                ")) AS started
+                 FROM jobs j WHERE j.id ",
+                d::in_list!("$1"),
+                " AND j.rack_id = $2"
+            ))
+            .bind(d::ids(job_ids))
+            .bind(rack_id)
+            .bind(d::texts(&RESTARTED[..]))
+            .fetch_all(self.reader())
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok((
+                        r.uuid("id")?,
+                        r.try_get("cancelled")?,
+                        r.try_get("started")?,
+                    ))
+                })
+                .collect()
+        }
+    }
+}

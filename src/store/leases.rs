@@ -71,3 +71,89 @@ impl Store {
         on_backend!(self, s => s.batch_awaiting_rack(batch_id).await)
     }
 }
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn expire_leases(
+            &self,
+            lease: Duration,
+            actor: &str,
+        ) -> Result<LeaseSweep> {
+            let mut tx = self.write().await?;
+            // The heartbeat is read by a subquery, not a join, so only the
+            // job rows are locked (PostgreSQL refuses to lock the nullable
+            // side of an outer join).
+            let rows = sqlx::query(concat!(
+                "UPDATE jobs SET lease_expired_at = ",
+                d::now!(),
+                " WHERE id IN (
+                    SELECT j.id FROM jobs j
+                    WHERE j.state IN ('dispatched', 'encoding') AND j.lease_expired_at IS NULL
+                      AND ",
+                d::age_seconds!(
+                    "COALESCE((SELECT r.last_heartbeat FROM racks r WHERE r.rack_id = j.rack_id),
+                              j.updated_at)"
+                ),
+                " > $1",
+                d::for_update_skip_locked!(),
+                ")
+                 RETURNING id, card_id, batch_id, state, COALESCE(rack_id, '') AS rack_id"
+            ))
+            .bind(lease.as_secs_f64())
+            .fetch_all(&mut *tx)
+            .await?;
+            let expired = rows
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.uuid("id")?,
+                        r.uuid("card_id")?,
+                        r.uuid("batch_id")?,
+                        r.try_get("state")?,
+                        r.try_get("rack_id")?,
+                    ))
+                })
+                .collect::<sqlx::Result<Vec<ExpiredJob>>>()?;
+            d::insert_audit(&mut tx, expired_audit(&expired, lease), actor).await?;
+            let awaiting_rack: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM jobs
+                 WHERE lease_expired_at IS NOT NULL AND state IN ('dispatched', 'encoding')",
+            )
+            .fetch_one(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(LeaseSweep {
+                newly_expired: expired.len() as u64,
+                awaiting_rack,
+            })
+        }
+
+        pub(in crate::store) async fn lease_marks(
+            &self,
+            job_ids: &[Uuid],
+        ) -> Result<HashMap<Uuid, DateTime<Utc>>> {
+            let rows = sqlx::query(concat!(
+                "SELECT id, lease_expired_at FROM jobs WHERE id ",
+                d::in_list!("$1"),
+                " AND lease_expired_at IS NOT NULL"
+            ))
+            .bind(d::ids(job_ids))
+            .fetch_all(self.reader())
+            .await?;
+            rows.iter()
+                .map(|r| Ok((r.uuid("id")?, r.try_get("lease_expired_at")?)))
+                .collect()
+        }
+
+        pub(in crate::store) async fn batch_awaiting_rack(&self, batch_id: Uuid) -> Result<i64> {
+            Ok(sqlx::query_scalar(
+                "SELECT count(*) FROM jobs
+                 WHERE batch_id = $1 AND lease_expired_at IS NOT NULL
+                   AND state IN ('dispatched', 'encoding')",
+            )
+            .bind(d::id(batch_id))
+            .fetch_one(self.reader())
+            .await?)
+        }
+    }
+}

@@ -1,10 +1,22 @@
 //! The control plane's store: one facade over PostgreSQL (fleet mode) and
 //! SQLite (standalone mode). Every state change is one transaction with its
 //! audit rows; the decisions (what moves, what is refused, what is audited)
-//! are made here once, and each backend only reads and writes rows.
+//! are made once, by the pure functions of `crate::domain` and the planners
+//! beside each concept, and the store only loads and saves.
+//!
+//! Layout: one file per concept (`cards`, `initialize`, `ledger`, `escrow`,
+//! `tokens`, ...) holds its types, its facade methods on [`Store`] and its
+//! transactions, each written once inside `dialect::for_each_dialect!`, which
+//! compiles it for both drivers. `dialect/{postgres,sqlite}.rs` hold only
+//! what differs (see `dialect` for why this and not sqlx's `Any` driver);
+//! `postgres/` and `sqlite/` keep each backend's connection, its claims
+//! (row locks vs an in-process lock), the audit insert and the bulk
+//! application of slot events. A new concept adds one file here and, only
+//! if it needs a statement that differs, a function in each dialect file.
 
 pub mod audit;
 pub mod cards;
+pub(crate) mod dialect;
 pub mod dispatch;
 pub mod escrow;
 pub mod gauges;
@@ -14,6 +26,7 @@ pub mod job_gate;
 pub mod leases;
 pub mod ledger;
 pub mod postgres;
+mod processes;
 pub mod public_keys;
 pub mod rack_keys;
 pub mod racks;
@@ -162,20 +175,6 @@ impl Store {
     pub async fn set_process_enabled(&self, name: &str, enabled: bool, actor: &str) -> Result<()> {
         on_backend!(self, s => s.set_process_enabled(name, enabled, actor).await)
     }
-}
-
-/// The audit row of an enable or disable.
-fn process_audit(name: &str, enabled: bool) -> AuditRows {
-    let mut audit = AuditRows::default();
-    audit.push_admin(
-        if enabled {
-            "process.enabled"
-        } else {
-            "process.disabled"
-        },
-        serde_json::json!({ "process": name }),
-    );
-    audit
 }
 
 /// A URL without its password, for error messages.

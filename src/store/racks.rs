@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::audit::JobTransition;
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 use crate::domain::JobState;
 
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -287,4 +287,187 @@ pub(super) fn batch_counts(counted: Vec<(String, i64)>) -> (HashMap<String, i64>
         .filter(|s| !s.is_terminal())
         .all(|s| counts.get(s.as_str()).copied().unwrap_or(0) == 0);
     (counts, finished)
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn release_slot(
+            &self,
+            rack_id: &str,
+            slot: u16,
+            actor: &str,
+        ) -> Result<()> {
+            let mut tx = self.write().await?;
+            let known: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM slots WHERE rack_id = $1 AND slot = $2)",
+            )
+            .bind(rack_id)
+            .bind(i32::from(slot))
+            .fetch_one(&mut *tx)
+            .await?;
+            if !known {
+                return Err(StoreError::NotFound);
+            }
+            let (message, audit) = release_request(rack_id, slot);
+            sqlx::query("INSERT INTO control_outbox (payload) VALUES ($1)")
+                .bind(sqlx::types::Json(&message))
+                .execute(&mut *tx)
+                .await?;
+            d::insert_audit(&mut tx, audit, actor).await?;
+            self.commit_waking(tx).await?;
+            Ok(())
+        }
+
+        pub(in crate::store) async fn list_racks(&self) -> Result<Vec<RackView>> {
+            let racks = sqlx::query(
+                "SELECT rack_id, worker_id, last_heartbeat, in_flight FROM racks ORDER BY rack_id",
+            )
+            .fetch_all(self.reader())
+            .await?;
+            let slots = sqlx::query(
+                "SELECT rack_id, slot, state, chip_serial, reason, updated_at FROM slots ORDER BY rack_id, slot",
+            )
+            .fetch_all(self.reader())
+            .await?;
+            let mut by_rack: HashMap<String, Vec<SlotView>> = HashMap::new();
+            for s in slots {
+                by_rack
+                    .entry(s.try_get("rack_id")?)
+                    .or_default()
+                    .push(SlotView {
+                        slot: s.try_get("slot")?,
+                        state: s.try_get("state")?,
+                        chip_serial: s.try_get("chip_serial")?,
+                        reason: s.try_get("reason")?,
+                        updated_at: s.try_get("updated_at")?,
+                    });
+            }
+            racks
+                .into_iter()
+                .map(|r| {
+                    let rack_id: String = r.try_get("rack_id")?;
+                    Ok(RackView {
+                        slots: by_rack.remove(&rack_id).unwrap_or_default(),
+                        rack_id,
+                        worker_id: r.try_get("worker_id")?,
+                        last_heartbeat: r.try_get("last_heartbeat")?,
+                        in_flight: r.try_get("in_flight")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(in crate::store) async fn list_dead_letters(
+            &self,
+            limit: i64,
+            offset: i64,
+        ) -> Result<Vec<DeadLetterView>> {
+            let rows = sqlx::query(
+                "SELECT id, received_at, source, reason, message_id, payload, redriven_at, redriven_by
+                 FROM dead_letters ORDER BY id DESC LIMIT $1 OFFSET $2",
+            )
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.reader())
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(DeadLetterView {
+                        id: r.try_get("id")?,
+                        received_at: r.try_get("received_at")?,
+                        source: r.try_get("source")?,
+                        reason: r.try_get("reason")?,
+                        message_id: r.try_get("message_id")?,
+                        payload: r.try_get("payload")?,
+                        redriven_at: r.try_get("redriven_at")?,
+                        redriven_by: r.try_get("redriven_by")?,
+                    })
+                })
+                .collect()
+        }
+
+        pub(in crate::store) async fn batch_status(
+            &self,
+            batch_id: Uuid,
+            limit: i64,
+            offset: i64,
+        ) -> Result<BatchStatus> {
+            let batch =
+                sqlx::query("SELECT created_at, requested, accepted FROM batches WHERE id = $1")
+                    .bind(d::id(batch_id))
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or(StoreError::NotFound)?;
+            let counted: Vec<(String, i64)> =
+                sqlx::query_as("SELECT state, count(*) FROM jobs WHERE batch_id = $1 GROUP BY state")
+                    .bind(d::id(batch_id))
+                    .fetch_all(self.reader())
+                    .await?;
+            let (counts, finished) = batch_counts(counted);
+            let cards = sqlx::query(
+                "SELECT card_id, id, state, rack_id, reason FROM jobs WHERE batch_id = $1
+                 ORDER BY card_id LIMIT $2 OFFSET $3",
+            )
+            .bind(d::id(batch_id))
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.reader())
+            .await?
+            .into_iter()
+            .map(|r| {
+                Ok(BatchCard {
+                    card_id: r.uuid("card_id")?,
+                    job_id: r.uuid("id")?,
+                    state: r.try_get("state")?,
+                    rack_id: r.try_get("rack_id")?,
+                    reason: r.try_get("reason")?,
+                    lease_expired_at: None,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+            Ok(BatchStatus {
+                batch_id,
+                created_at: batch.try_get("created_at")?,
+                requested: batch.try_get("requested")?,
+                accepted: batch.try_get("accepted")?,
+                counts,
+                finished,
+                awaiting_rack: 0,
+                cards,
+            })
+        }
+
+        pub(in crate::store) async fn batch_transitions(
+            &self,
+            batch_id: Uuid,
+            after: i64,
+            limit: i64,
+        ) -> Result<Vec<Transition>> {
+            let rows = sqlx::query(
+                "SELECT id, at, job_id, card_id, from_state, to_state, card_state FROM audit
+                 WHERE batch_id = $1 AND id > $2
+                   AND to_state IS NOT NULL ORDER BY id LIMIT $3",
+            )
+            .bind(d::id(batch_id))
+            .bind(after)
+            .bind(limit)
+            .fetch_all(self.reader())
+            .await?;
+            rows.into_iter()
+                .map(|r| {
+                    Ok(Transition {
+                        seq: r.try_get("id")?,
+                        at: r.try_get("at")?,
+                        job_id: r.opt_uuid("job_id")?.unwrap_or_default(),
+                        card_id: r.opt_uuid("card_id")?.unwrap_or_default(),
+                        from: r.try_get("from_state")?,
+                        to: r
+                            .try_get::<Option<String>, _>("to_state")?
+                            .unwrap_or_default(),
+                        card_state: r.try_get("card_state")?,
+                    })
+                })
+                .collect()
+        }
+    }
 }

@@ -54,3 +54,33 @@ impl Store {
         on_backend!(self, s => s.redispatch_in_flight(actor).await)
     }
 }
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn redispatch_in_flight(&self, actor: &str) -> Result<usize> {
+            let mut tx = self.write().await?;
+            let rows = sqlx::query(concat!(
+                "SELECT id, card_id, batch_id, state, rack_id FROM jobs
+                 WHERE state IN ('dispatched', 'encoding') AND rack_id IS NOT NULL
+                 ORDER BY id",
+                d::for_update!()
+            ))
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let mut jobs: Vec<InFlight> = Vec::with_capacity(rows.len());
+            let mut requeue: Vec<(Uuid, String)> = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let job_id = r.uuid("id")?;
+                jobs.push((job_id, r.uuid("card_id")?, r.uuid("batch_id")?, r.try_get("state")?));
+                requeue.push((job_id, r.try_get("rack_id")?));
+            }
+            d::requeue_jobs(&mut tx, &requeue).await?;
+            d::insert_audit(&mut tx, redispatch_audit(&jobs), actor).await?;
+            self.commit_waking(tx).await?;
+            Ok(jobs.len())
+        }
+    }
+}

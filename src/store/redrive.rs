@@ -3,7 +3,7 @@
 //! letter is sent again at most once; the row keeps who did it and when.
 
 use super::racks::DeadLetterView;
-use super::{AuditRows, Result, Store, on_backend};
+use super::{AuditRows, Result, Store, StoreError, on_backend};
 
 impl Store {
     pub async fn dead_letter(&self, id: i64) -> Result<DeadLetterView> {
@@ -28,5 +28,64 @@ pub fn already_redriven() -> super::StoreError {
     super::StoreError::Conflict {
         code: "already_redriven",
         message: "this dead letter was sent again already".into(),
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn dead_letter(&self, id: i64) -> Result<DeadLetterView> {
+            let r = sqlx::query(
+                "SELECT id, received_at, source, reason, message_id, payload, redriven_at, redriven_by
+                 FROM dead_letters WHERE id = $1",
+            )
+            .bind(id)
+            .fetch_optional(self.reader())
+            .await?
+            .ok_or(StoreError::NotFound)?;
+            Ok(DeadLetterView {
+                id: r.try_get("id")?,
+                received_at: r.try_get("received_at")?,
+                source: r.try_get("source")?,
+                reason: r.try_get("reason")?,
+                message_id: r.try_get("message_id")?,
+                payload: r.try_get("payload")?,
+                redriven_at: r.try_get("redriven_at")?,
+                redriven_by: r.try_get("redriven_by")?,
+            })
+        }
+
+        pub(in crate::store) async fn mark_redriven(
+            &self,
+            id: i64,
+            audit: AuditRows,
+            actor: &str,
+        ) -> Result<()> {
+            let mut tx = self.write().await?;
+            let marked = sqlx::query(concat!(
+                "UPDATE dead_letters SET redriven_at = ",
+                d::now!(),
+                ", redriven_by = $2 WHERE id = $1 AND redriven_at IS NULL"
+            ))
+            .bind(id)
+            .bind(actor)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if marked == 0 {
+                let known: bool =
+                    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM dead_letters WHERE id = $1)")
+                        .bind(id)
+                        .fetch_one(&mut *tx)
+                        .await?;
+                return Err(if known {
+                    already_redriven()
+                } else {
+                    StoreError::NotFound
+                });
+            }
+            d::insert_audit(&mut tx, audit, actor).await?;
+            tx.commit().await?;
+            Ok(())
+        }
     }
 }

@@ -24,7 +24,7 @@ pub(super) struct StoredRow {
 
 /// A row re-encrypted under the current key, with the key it was under.
 #[derive(Debug)]
-pub(super) struct Resealed {
+pub(crate) struct Resealed {
     pub job_id: Uuid,
     pub old_key_id: String,
     pub pin: Sealed,
@@ -109,5 +109,63 @@ impl Store {
     /// How many credential rows each key id encrypts, by key id.
     pub async fn credential_key_counts(&self) -> Result<Vec<(String, i64)>> {
         on_backend!(self, s => s.credential_key_counts().await)
+    }
+}
+
+super::dialect::for_each_dialect! {
+    impl Db {
+        pub(in crate::store) async fn rotate_credentials(
+            &self,
+            cipher: &CredentialCipher,
+            previous: &[String],
+            limit: i64,
+            actor: &str,
+        ) -> Result<usize> {
+            let mut tx = self.write().await?;
+            let rows = sqlx::query(concat!(
+                "SELECT job_id, key_id, pin_nonce, pin_ct, puk_nonce, puk_ct FROM credentials
+                 WHERE key_id ",
+                d::in_list!("$1"),
+                " ORDER BY job_id LIMIT $2",
+                d::for_update!()
+            ))
+            .bind(d::texts(previous))
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?;
+            if rows.is_empty() {
+                return Ok(0);
+            }
+            let rows = rows
+                .iter()
+                .map(|r| {
+                    Ok(StoredRow {
+                        job_id: r.uuid("job_id")?,
+                        key_id: r.try_get("key_id")?,
+                        pin: Sealed {
+                            nonce: r.try_get("pin_nonce")?,
+                            ciphertext: r.try_get("pin_ct")?,
+                        },
+                        puk: Sealed {
+                            nonce: r.try_get("puk_nonce")?,
+                            ciphertext: r.try_get("puk_ct")?,
+                        },
+                    })
+                })
+                .collect::<sqlx::Result<Vec<_>>>()?;
+            let resealed = reseal_rows(cipher, rows)?;
+            let changed = d::reseal_credentials(&mut tx, cipher.key_id(), &resealed).await?;
+            d::insert_audit(&mut tx, rotation_audit(cipher, &resealed), actor).await?;
+            tx.commit().await?;
+            Ok(usize::try_from(changed).unwrap_or(usize::MAX))
+        }
+
+        pub(in crate::store) async fn credential_key_counts(&self) -> Result<Vec<(String, i64)>> {
+            Ok(sqlx::query_as(
+                "SELECT key_id, count(*) FROM credentials GROUP BY key_id ORDER BY key_id",
+            )
+            .fetch_all(self.reader())
+            .await?)
+        }
     }
 }

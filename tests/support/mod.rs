@@ -76,8 +76,12 @@ impl Vhost {
         rabbitmqctl(&["set_permissions", "-p", &name, "guest", ".*", ".*", ".*"]);
         Self { name }
     }
+    /// On the broker at 127.0.0.1:5672, or at the port in
+    /// `CARDFLEET_TEST_AMQP_PORT` (with `RABBITMQ_NODENAME` naming that
+    /// node for rabbitmqctl): a private node for tests that restart it.
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.name)
+        let port = std::env::var("CARDFLEET_TEST_AMQP_PORT").unwrap_or_else(|_| "5672".into());
+        format!("amqp://guest:guest@127.0.0.1:{port}/{}", self.name)
     }
 }
 

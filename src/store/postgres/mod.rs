@@ -3,22 +3,8 @@
 //! (UNNEST) statements, and `pg_notify` wakes the dispatchers.
 
 mod audit;
-mod cards;
 mod dispatch;
-mod escrow;
-mod gauges;
-mod in_doubt;
-mod initialize;
-mod job_gate;
-mod leases;
-mod ledger;
-mod public_keys;
-mod rack_keys;
 mod racks;
-mod recovery;
-mod redrive;
-mod rotation;
-mod tokens;
 
 pub(super) use dispatch::{finish_claim, finish_control_claim};
 
@@ -28,7 +14,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, PgPool};
 
-use super::{OUTBOX_CHANNEL, Result, StoreError, process_audit};
+use super::{OUTBOX_CHANNEL, Result};
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -54,6 +40,30 @@ impl PgStore {
         &self.pool
     }
 
+    /// Starts a write transaction.
+    pub(in crate::store) async fn write(&self) -> Result<crate::store::dialect::postgres::Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// The pool reads run on.
+    pub(in crate::store) fn reader(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Commits a transaction that added outbox rows and wakes the
+    /// dispatchers (`pg_notify` is delivered on commit).
+    pub(in crate::store) async fn commit_waking(
+        &self,
+        mut tx: crate::store::dialect::postgres::Tx,
+    ) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(OUTBOX_CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     pub(super) async fn migrate(&self) -> Result<()> {
         sqlx::migrate!("./migrations").run(&self.pool).await?;
         Ok(())
@@ -68,44 +78,6 @@ impl PgStore {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(OUTBOX_CHANNEL).await?;
         Ok(listener)
-    }
-
-    pub(super) async fn process_enabled(&self, name: &str) -> Result<bool> {
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        enabled.ok_or(StoreError::NotFound)
-    }
-
-    pub(super) async fn set_process_enabled(
-        &self,
-        name: &str,
-        enabled: bool,
-        actor: &str,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        let before: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1 FOR UPDATE")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let before = before.ok_or(StoreError::NotFound)?;
-        if before != enabled {
-            sqlx::query(
-                "UPDATE process_settings SET enabled = $2, updated_at = now() WHERE name = $1",
-            )
-            .bind(name)
-            .bind(enabled)
-            .execute(&mut *tx)
-            .await?;
-            process_audit(name, enabled)
-                .insert_pg(&mut tx, actor)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 }
 

@@ -7,39 +7,22 @@
 //! dispatcher through a watch channel, SQLite's stand-in for `pg_notify`.
 
 mod audit;
-mod cards;
 mod dispatch;
-mod escrow;
-mod gauges;
-mod in_doubt;
-mod initialize;
-mod job_gate;
-mod leases;
-mod ledger;
-mod public_keys;
-mod rack_keys;
 mod racks;
-mod recovery;
-mod redrive;
-mod rotation;
-mod tokens;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Sqlite, Transaction};
 use tokio::sync::{Mutex, watch};
-use uuid::Uuid;
-use uuid::fmt::Hyphenated;
 
 pub(super) use dispatch::ClaimLock;
 
-use super::{Result, StoreError, process_audit};
+use super::Result;
 
 /// The current time as stored: UTC ISO 8601 with milliseconds, the format
 /// of the migrations' column defaults, so text order is time order.
@@ -111,84 +94,33 @@ impl SqliteStore {
     }
 
     /// Starts a write transaction holding SQLite's write lock.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
+    pub(in crate::store) async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
         Ok(self.writer.begin_with("BEGIN IMMEDIATE").await?)
+    }
+
+    /// The pool reads run on; they never wait for the writer.
+    pub(in crate::store) fn reader(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Commits a transaction that added outbox rows and wakes the
+    /// dispatchers.
+    pub(in crate::store) async fn commit_waking(
+        &self,
+        tx: Transaction<'static, Sqlite>,
+    ) -> Result<()> {
+        tx.commit().await?;
+        self.wake_dispatchers();
+        Ok(())
     }
 
     /// Wakes outbox listeners; call after the commit that added rows.
     fn wake_dispatchers(&self) {
         self.outbox_wake.send_modify(|n| *n = n.wrapping_add(1));
     }
-
-    pub(super) async fn process_enabled(&self, name: &str) -> Result<bool> {
-        let enabled: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.reader)
-                .await?;
-        enabled.ok_or(StoreError::NotFound)
-    }
-
-    pub(super) async fn set_process_enabled(
-        &self,
-        name: &str,
-        enabled: bool,
-        actor: &str,
-    ) -> Result<()> {
-        let mut tx = self.write().await?;
-        let before: Option<bool> =
-            sqlx::query_scalar("SELECT enabled FROM process_settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let before = before.ok_or(StoreError::NotFound)?;
-        if before != enabled {
-            sqlx::query(concat!(
-                "UPDATE process_settings SET enabled = $2, updated_at = ",
-                now!(),
-                " WHERE name = $1"
-            ))
-            .bind(name)
-            .bind(enabled)
-            .execute(&mut *tx)
-            .await?;
-            process_audit(name, enabled)
-                .insert_sqlite(&mut tx, actor)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
 }
 
-/// Reading the TEXT encodings of this schema.
-trait RowExt {
-    fn uuid(&self, column: &str) -> sqlx::Result<Uuid>;
-    fn opt_uuid(&self, column: &str) -> sqlx::Result<Option<Uuid>>;
-    fn json(&self, column: &str) -> sqlx::Result<Option<serde_json::Value>>;
-}
-
-impl RowExt for SqliteRow {
-    fn uuid(&self, column: &str) -> sqlx::Result<Uuid> {
-        Ok(self.try_get::<Hyphenated, _>(column)?.into_uuid())
-    }
-
-    fn opt_uuid(&self, column: &str) -> sqlx::Result<Option<Uuid>> {
-        Ok(self
-            .try_get::<Option<Hyphenated>, _>(column)?
-            .map(Hyphenated::into_uuid))
-    }
-
-    fn json(&self, column: &str) -> sqlx::Result<Option<serde_json::Value>> {
-        self.try_get::<Option<String>, _>(column)?
-            .map(|text| serde_json::from_str(&text))
-            .transpose()
-            .map_err(|e| sqlx::Error::ColumnDecode {
-                index: column.to_owned(),
-                source: Box::new(e),
-            })
-    }
-}
+use super::dialect::RowExt;
 
 /// A list bound as one JSON array, for `json_each`.
 fn json_list<T: serde::Serialize>(items: T) -> sqlx::types::Json<T> {

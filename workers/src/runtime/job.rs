@@ -126,9 +126,13 @@ async fn run_decoded(
         .lock()
         .map(|mut t| t.insert(job.job_id))
         .unwrap_or(true);
-    if !first_time && !delivery.redelivered() {
-        // The same job twice on the wire while we hold it: the first copy answers.
-        tracing::debug!("duplicate job delivery acknowledged");
+    let answered = shared
+        .answered
+        .lock()
+        .map(|a| a.contains(&job.job_id))
+        .unwrap_or(false);
+    if let Some(reason) = already_handled(first_time, delivery.redelivered(), answered) {
+        tracing::debug!(reason, "job delivery acknowledged without running it");
         return Ok(Verdict::Ack);
     }
     let started_at = chrono::Utc::now();
@@ -292,6 +296,20 @@ async fn run_decoded(
     Ok(Verdict::Ack)
 }
 
+/// Why a delivery of a job this worker has seen before needs no run, if
+/// it needs none. A redelivery of a job still unanswered runs again: the
+/// copy that held it was lost with a connection, and the card's journal
+/// makes running it again safe.
+fn already_handled(first_time: bool, redelivered: bool, answered: bool) -> Option<&'static str> {
+    if answered {
+        Some("its result was confirmed before")
+    } else if !first_time && !redelivered {
+        Some("a duplicate of a job held now; the first copy answers")
+    } else {
+        None
+    }
+}
+
 fn is_cancelled(shared: &Shared, job: &InitializeJob) -> bool {
     shared
         .cancelled
@@ -445,7 +463,11 @@ async fn publish_result(
         finished_at: chrono::Utc::now(),
         public_keys: report.public_keys,
     });
-    publish(publisher, &shared.signer, &message).await
+    publish(publisher, &shared.signer, &message).await?;
+    if let Ok(mut answered) = shared.answered.lock() {
+        answered.insert(job.job_id);
+    }
+    Ok(())
 }
 
 async fn publish(
@@ -518,5 +540,28 @@ async fn dead_letter(
             tracing::warn!(error = %e, "cannot publish a dead letter; rejecting the message");
             Verdict::Reject
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::already_handled;
+
+    #[test]
+    fn a_job_answered_before_is_acked_whenever_it_comes_again() {
+        for first_time in [true, false] {
+            for redelivered in [true, false] {
+                assert!(already_handled(first_time, redelivered, true).is_some());
+            }
+        }
+    }
+
+    #[test]
+    fn an_unanswered_job_runs_unless_it_is_a_duplicate_of_one_held_now() {
+        assert_eq!(already_handled(true, false, false), None);
+        assert_eq!(already_handled(true, true, false), None);
+        // Its holder's connection was lost: it runs again.
+        assert_eq!(already_handled(false, true, false), None);
+        assert!(already_handled(false, false, false).is_some());
     }
 }

@@ -94,6 +94,11 @@ struct Shared {
     cancelled: Mutex<JobSet>,
     /// Jobs this process has taken; a duplicate delivery of one is acked at once.
     taken: Mutex<JobSet>,
+    /// Jobs whose final result the broker confirmed. A delivery of one
+    /// again (its ack was lost with a connection) is acked at once: its card
+    /// may have left the rack, and waiting for it would hold a place of the
+    /// prefetch window for nothing.
+    answered: Mutex<JobSet>,
     /// Cancellation flags of the jobs being encoded, read by the engine.
     encoding: Mutex<std::collections::HashMap<Uuid, Arc<std::sync::atomic::AtomicBool>>>,
     outgoing: mpsc::UnboundedSender<EventMessage>,
@@ -199,6 +204,7 @@ pub async fn run(
         changed: Notify::new(),
         cancelled: Mutex::new(JobSet::default()),
         taken: Mutex::new(JobSet::default()),
+        answered: Mutex::new(JobSet::default()),
         encoding: Mutex::new(std::collections::HashMap::new()),
         outgoing,
         metrics,
