@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -12,13 +12,9 @@ use crate::app::{Application, Component};
 use crate::client::ApiClient;
 use crate::settings::Settings;
 
-#[derive(Debug, Parser)]
-#[command(
-    name = "cardfleet",
-    version,
-    about = "Initialize temporary smart cards at production scale"
-)]
-pub struct Cli {
+/// Options every command takes (`global`: before or after the command).
+#[derive(Debug, Clone, clap::Args)]
+pub struct GlobalArgs {
     /// Configuration file (default: ./cardfleet.toml if present).
     #[arg(long, global = true, env = "CARDFLEET_CONFIG")]
     pub config: Option<PathBuf>,
@@ -37,21 +33,13 @@ pub struct Cli {
     /// system's), e.g. the bureau's own CA.
     #[arg(long, global = true, env = "CARDFLEET_CA_FILE")]
     pub ca_file: Option<PathBuf>,
-    #[command(subcommand)]
-    pub command: Command,
 }
 
+/// The control plane's commands. The `cardfleet` binary (crate
+/// `cardfleet-standalone`) adds `demo` and `standalone`, which also need the
+/// worker.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a standalone batch on embedded defaults: no services needed.
-    Demo(crate::demo::DemoOptions),
-    /// Run API, dispatcher, ledger and one worker in one process, on a
-    /// SQLite file and an in-process bus (no RabbitMQ or PostgreSQL).
-    Standalone {
-        /// Where the SQLite database, its keys and simulated cards' state live.
-        #[arg(long, env = "CARDFLEET_DATA_DIR", default_value = "cardfleet-data")]
-        data_dir: PathBuf,
-    },
     /// Run the control plane: API, dispatcher and ledger (or some of them).
     Serve {
         /// Run only these components (repeatable).
@@ -223,59 +211,9 @@ pub fn init_tracing(filter: &str, json: bool) {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Demo(options) => {
-            init_tracing("warn", false);
-            let summary = crate::demo::run(&options).await?;
-            if !summary.all_unassigned() {
-                bail!("not every card ended unassigned");
-            }
-            Ok(())
-        }
-        Command::Standalone { data_dir } => {
-            let file = cli
-                .config
-                .clone()
-                .or_else(|| Some(PathBuf::from("cardfleet.toml")).filter(|p| p.exists()));
-            let defaults = crate::standalone::data_dir_defaults(&data_dir)?;
-            let settings = Settings::load_layered(file.as_deref(), &defaults, &[])?;
-            init_tracing(&settings.log.filter, settings.log.format == "json");
-            let worker = crate::standalone::worker_settings(file.as_deref(), &data_dir, &[])?;
-            let app = crate::standalone::Standalone::build(&settings, &worker).await?;
-            if let Some(path) =
-                crate::standalone::ensure_admin_token(app.store(), &data_dir).await?
-            {
-                tracing::info!(
-                    path = %path.display(),
-                    "created the first API token (roles admin and operator); its secret is in this file"
-                );
-            }
-            tracing::info!(
-                port = app.port(),
-                data_dir = %data_dir.display(),
-                rack = app.rack_id(),
-                reader = ?worker.reader.kind,
-                slots = worker.reader.slots,
-                "cardfleet standalone listening"
-            );
-            if let Some(port) = app.port() {
-                let host = match settings.http.listen.ip() {
-                    ip if ip.is_unspecified() => "127.0.0.1".to_owned(),
-                    std::net::IpAddr::V6(ip) => format!("[{ip}]"),
-                    ip => ip.to_string(),
-                };
-                tracing::info!(url = %format!("http://{host}:{port}/console/"), "operator console");
-            }
-            let shutdown = CancellationToken::new();
-            let token = shutdown.clone();
-            tokio::spawn(async move {
-                wait_for_signal().await;
-                tracing::info!("shutdown requested; finishing in-flight cards");
-                token.cancel();
-            });
-            app.run_until_stopped(shutdown).await
-        }
+/// Runs one control-plane command.
+pub async fn run(cli: GlobalArgs, command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Serve { only } => {
             let settings = Settings::load(cli.config.as_deref())?;
             init_tracing(&settings.log.filter, settings.log.format == "json");
@@ -360,7 +298,7 @@ async fn direct_store(
 ) -> anyhow::Result<(crate::store::Store, Settings)> {
     let settings = match &database.data_dir {
         Some(dir) => {
-            let defaults = crate::standalone::data_dir_defaults(dir)?;
+            let defaults = crate::data_dir::data_dir_defaults(dir)?;
             Settings::load_layered(config, &defaults, &[])?
         }
         None => Settings::load(config)?,
@@ -490,7 +428,7 @@ async fn racks_command(store: &crate::store::Store, command: RacksCommand) -> an
     }
 }
 
-pub(crate) async fn wait_for_signal() {
+pub async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -642,10 +580,8 @@ async fn client_command(api: &ApiClient, command: Command) -> anyhow::Result<()>
         | Command::Topology { .. }
         | Command::Config { .. }
         | Command::Keys { .. }
-        | Command::Demo(_)
         | Command::Tokens { .. }
-        | Command::Racks { .. }
-        | Command::Standalone { .. } => Ok(()),
+        | Command::Racks { .. } => Ok(()),
     }
 }
 
