@@ -19,7 +19,7 @@ pub const DEAD_LETTER_SOURCES: [&str; 4] = [
 
 /// Failure code (and `cardfleet_jobs_undispatchable_total` reason) of a job
 /// whose rack has no enrolled key to seal its secrets to.
-pub const RACK_NOT_ENROLLED: &str = "rack_not_enrolled";
+pub const RACK_NOT_ENROLLED: &str = cardfleet_schemas::codes::Code::RackNotEnrolled.as_str();
 
 #[derive(Debug, Clone)]
 pub struct Metrics {
