@@ -7,12 +7,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use cardfleet_schemas as wire;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use prometheus::core::{Atomic, GenericGaugeVec};
 use tokio_util::sync::CancellationToken;
 
-use crate::broker;
 use crate::metrics::{LIVE_JOB_STATES, Metrics};
 use crate::store::Store;
 use crate::store::gauges::FleetSnapshot;
@@ -75,12 +72,7 @@ impl GaugeRefresher {
         apply_snapshot(&self.metrics, &snapshot, &mut shown.heartbeat);
 
         let racks: Vec<&str> = snapshot.racks.iter().map(|(r, _)| r.as_str()).collect();
-        let depths = match &self.bus {
-            cardfleet_schemas::bus::Bus::Amqp(endpoint) => {
-                tokio::time::timeout(READ_TIMEOUT, probe.depths(endpoint, &racks)).await
-            }
-            cardfleet_schemas::bus::Bus::Memory(bus) => Ok(memory_depths(bus, &racks)),
-        };
+        let depths = tokio::time::timeout(READ_TIMEOUT, probe.depths(&self.bus, &racks)).await;
         let error = match depths {
             Ok(Ok(depths)) => {
                 recovered("broker", &mut failing.broker);
@@ -151,85 +143,44 @@ fn set_rack_series<P: Atomic>(
     *shown = now;
 }
 
-/// Messages ready in each rack's queue of the in-process bus.
-fn memory_depths(
-    bus: &cardfleet_schemas::bus::MemoryBus,
-    racks: &[&str],
-) -> anyhow::Result<Vec<(String, i64)>> {
-    let mut depths = Vec::with_capacity(racks.len());
-    for rack in racks {
-        if let Some(n) = bus.queue_depth(&wire::rack_queue(rack))? {
-            depths.push(((*rack).to_owned(), i64::try_from(n).unwrap_or(i64::MAX)));
-        }
-    }
-    Ok(depths)
-}
-
-/// A connection and channel for passive queue declarations, opened lazily
-/// and dropped after any failure so the next round starts afresh.
+/// A bus connection for reading queue depths, opened lazily and dropped
+/// after any failure so the next round starts afresh.
 #[derive(Default)]
 struct QueueProbe {
-    conn: Option<lapin::Connection>,
-    channel: Option<lapin::Channel>,
+    conn: Option<cardfleet_schemas::bus::Connection>,
 }
 
 impl QueueProbe {
     /// Messages ready in each rack's queue; racks without a queue are left out.
     async fn depths(
         &mut self,
-        endpoint: &broker::Endpoint,
+        bus: &cardfleet_schemas::bus::Bus,
         racks: &[&str],
     ) -> anyhow::Result<Vec<(String, i64)>> {
-        let mut depths = Vec::with_capacity(racks.len());
-        for rack in racks {
-            let channel = self.channel(endpoint).await?;
-            let declared = channel
-                .queue_declare(
-                    wire::rack_queue(rack).as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..QueueDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await;
-            match declared {
-                Ok(queue) => depths.push(((*rack).to_owned(), i64::from(queue.message_count()))),
-                // No such queue (yet): the broker closed the channel; open another.
-                Err(_) if self.conn.as_ref().is_some_and(|c| c.status().connected()) => {
-                    self.channel = None;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Ok(depths)
-    }
-
-    async fn channel(&mut self, endpoint: &broker::Endpoint) -> anyhow::Result<lapin::Channel> {
-        if let Some(channel) = &self.channel
-            && channel.status().connected()
-        {
-            return Ok(channel.clone());
-        }
         let conn = match self.conn.take() {
-            Some(conn) if conn.status().connected() => conn,
-            _ => broker::connect_endpoint(endpoint, "cardfleet-metrics").await?,
+            Some(conn) if conn.is_connected() => conn,
+            _ => bus.connect("cardfleet-metrics").await?,
         };
-        let channel = conn.create_channel().await;
-        self.conn = Some(conn);
-        let channel = channel?;
-        self.channel = Some(channel.clone());
-        Ok(channel)
+        let conn = self.conn.insert(conn);
+        let queues: Vec<String> = racks.iter().map(|rack| wire::rack_queue(rack)).collect();
+        let depths = conn.queue_depths(&queues).await?;
+        Ok(racks
+            .iter()
+            .zip(&queues)
+            .filter_map(|(rack, queue)| {
+                let (_, n) = depths.iter().find(|(q, _)| q == queue)?;
+                Some(((*rack).to_owned(), i64::try_from(*n).unwrap_or(i64::MAX)))
+            })
+            .collect())
     }
 
     fn reset(&mut self) {
-        self.channel = None;
         self.conn = None;
     }
 
     async fn close(self) {
         if let Some(conn) = self.conn {
-            let _ = tokio::time::timeout(READ_TIMEOUT, conn.close(200, "shutdown".into())).await;
+            let _ = tokio::time::timeout(READ_TIMEOUT, conn.close()).await;
         }
     }
 }

@@ -67,7 +67,7 @@ impl From<KeyAlgorithm> for ManagementKeyAlgorithm {
 fn settings(config: Option<&Path>, data_dir: Option<&Path>) -> anyhow::Result<Settings> {
     Ok(match data_dir {
         Some(dir) => {
-            let defaults = crate::standalone::data_dir_defaults(dir)?;
+            let defaults = crate::data_dir::data_dir_defaults(dir)?;
             Settings::load_layered(config, &defaults, &[])?
         }
         None => Settings::load(config)?,

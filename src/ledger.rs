@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use cardfleet_schemas::bus::{Bus, Consumer, Delivery};
+use cardfleet_schemas::codes::Code;
 use cardfleet_schemas::sealing::SECRETS_UNOPENABLE;
 use cardfleet_schemas::{self as wire, EventMessage, InitializeJob, Meta, Outcome, ResultMessage};
 use tokio_util::sync::CancellationToken;
@@ -148,7 +149,7 @@ impl Ledger {
                         letters.push(letter(
                             delivery,
                             source.queue(),
-                            &format!("unapplicable: {code}"),
+                            &format!("{}: {code}", Code::Unapplicable),
                         ));
                     }
                     None => return Err(e),
@@ -308,7 +309,11 @@ impl Ledger {
                 .with_label_values(&[label])
                 .inc();
             if *effect == Applied::UnknownJob {
-                letters.push(letter(delivery, wire::RESULTS_QUEUE, "unknown_job"));
+                letters.push(letter(
+                    delivery,
+                    wire::RESULTS_QUEUE,
+                    Code::UnknownJob.as_str(),
+                ));
             }
         }
         Ok(letters)
@@ -351,7 +356,7 @@ impl Ledger {
                 ),
                 None => delivery
                     .bus_death()
-                    .unwrap_or_else(|| ("unknown".into(), "unknown".into())),
+                    .unwrap_or_else(|| (Code::Unknown.as_str().into(), "unknown".into())),
             };
             if let Ok(job) = serde_json::from_slice::<InitializeJob>(delivery.data()) {
                 // A worker that cannot open the job's secrets says so; the
@@ -435,11 +440,11 @@ fn is_transient(e: &anyhow::Error) -> bool {
 
 /// Decodes a message and checks its contract version.
 fn decode<T: serde::de::DeserializeOwned>(data: &[u8], meta: fn(&T) -> &Meta) -> Result<T, String> {
-    let message: T =
-        serde_json::from_slice(data).map_err(|e| format!("undecodable: {}", e.classify_str()))?;
+    let message: T = serde_json::from_slice(data)
+        .map_err(|e| format!("{}: {}", Code::Undecodable, e.classify_str()))?;
     let version = meta(&message).schema_version;
     if version != wire::SCHEMA_VERSION {
-        return Err(format!("unsupported schema_version {version}"));
+        return Err(format!("{}: {version}", Code::UnsupportedSchemaVersion));
     }
     Ok(message)
 }
@@ -482,6 +487,6 @@ mod tests {
     fn a_future_schema_version_is_refused() {
         let text = br#"{"type":"job_started","schema_version":2,"message_id":"0191e0a4-7a1b-7000-8000-000000000000","sent_at":"2026-01-01T00:00:00Z","job_id":"0191e0a4-7a1b-7000-8000-000000000000","rack_id":"r","slot":1,"worker_id":"w"}"#;
         let err = decode::<ResultMessage>(text, ResultMessage::meta).unwrap_err();
-        assert!(err.contains("schema_version 2"), "{err}");
+        assert_eq!(err, "unsupported_schema_version: 2");
     }
 }

@@ -1,5 +1,7 @@
 //! cardfleet control plane: HTTP API, store, credentials, dispatcher and
-//! ledger, over PostgreSQL and RabbitMQ.
+//! ledger, over PostgreSQL and RabbitMQ. It never depends on the worker
+//! crate: standalone mode and the demo, which join both in one process, live
+//! in `cardfleet-standalone` (standalone/).
 
 pub mod api;
 pub mod app;
@@ -8,8 +10,8 @@ pub mod cli;
 pub mod client;
 pub mod console;
 pub mod credentials;
+pub mod data_dir;
 pub mod dead_letters;
-pub mod demo;
 pub mod dispatcher;
 pub mod domain;
 pub mod gauges;
@@ -21,5 +23,4 @@ pub mod metrics;
 pub mod ops;
 pub mod rack_identity;
 pub mod settings;
-pub mod standalone;
 pub mod store;

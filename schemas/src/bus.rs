@@ -262,6 +262,54 @@ impl Connection {
             let _ = bounded("close", conn.close(200, "shutdown".into())).await;
         }
     }
+
+    /// Messages ready in each of `queues`; queues that do not exist (yet)
+    /// are left out. On RabbitMQ these are passive declarations; the broker
+    /// closes the channel on a queue it does not have, so another is opened.
+    pub async fn queue_depths(&self, queues: &[String]) -> Result<Vec<(String, u64)>, BusError> {
+        let mut depths = Vec::with_capacity(queues.len());
+        match self {
+            Connection::Amqp(conn) => {
+                let mut channel = conn.create_channel().await?;
+                for queue in queues {
+                    let declared = channel
+                        .queue_declare(
+                            queue.as_str().into(),
+                            QueueDeclareOptions {
+                                passive: true,
+                                ..QueueDeclareOptions::default()
+                            },
+                            FieldTable::default(),
+                        )
+                        .await;
+                    match declared {
+                        Ok(q) => depths.push((queue.clone(), u64::from(q.message_count()))),
+                        Err(_) if conn.status().connected() => {
+                            channel = conn.create_channel().await?;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                let _ = channel.close(200, "done".into()).await;
+            }
+            Connection::Memory(bus) => {
+                for queue in queues {
+                    if let Some(n) = bus.queue_depth(queue)? {
+                        depths.push((queue.clone(), u64::try_from(n).unwrap_or(u64::MAX)));
+                    }
+                }
+            }
+        }
+        Ok(depths)
+    }
+
+    /// Whether the connection is still up (the in-process bus always is).
+    pub fn is_connected(&self) -> bool {
+        match self {
+            Connection::Amqp(conn) => conn.status().connected(),
+            Connection::Memory(_) => true,
+        }
+    }
 }
 
 /// Publishes with confirms.

@@ -6,6 +6,7 @@
 pub mod amqp;
 #[cfg(feature = "amqp")]
 pub mod bus;
+pub mod codes;
 pub mod messages;
 pub mod profile;
 pub mod rack_identity;

@@ -28,10 +28,10 @@ pub const SIGNATURE_CONTEXT: &[u8] = b"cardfleet/rack-message/v1/rack:";
 
 /// Dead-letter reason of a message without a valid signature of an
 /// enrolled rack (no headers, unknown rack, no signing key, bad signature).
-pub const UNAUTHENTICATED_RACK: &str = "unauthenticated_rack";
+pub const UNAUTHENTICATED_RACK: &str = crate::codes::Code::UnauthenticatedRack.as_str();
 /// Dead-letter reason of a validly signed message that speaks for another
 /// rack than the one that signed it.
-pub const RACK_MISMATCH: &str = "rack_mismatch";
+pub const RACK_MISMATCH: &str = crate::codes::Code::RackMismatch.as_str();
 
 fn signed_bytes(rack_id: &str, body: &[u8]) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(SIGNATURE_CONTEXT.len() + rack_id.len() + 1 + body.len());

@@ -25,7 +25,7 @@ type Aead = ChaCha20Poly1305;
 
 /// Dead-letter reason (and failure code) of a job whose secrets the rack
 /// cannot open: sealed to another rack's key, for another job, or tampered.
-pub const SECRETS_UNOPENABLE: &str = "secrets_unopenable";
+pub const SECRETS_UNOPENABLE: &str = crate::codes::Code::SecretsUnopenable.as_str();
 
 /// Start of the HPKE `info`; the rack id follows it.
 pub const INFO_LABEL: &[u8] = b"cardfleet/job-secrets/v1/rack:";

@@ -8,9 +8,10 @@
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderValue, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use cardfleet_schemas::codes::Code;
 
 use crate::api::AppState;
 use crate::api::error::ApiError;
@@ -158,8 +159,7 @@ pub fn decide(method: &Method, route: Option<&str>) -> Decision {
 fn method_not_allowed(method: &Method, allowed: &[Method]) -> Response {
     let list: Vec<&str> = allowed.iter().map(Method::as_str).collect();
     let mut response = ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        Code::MethodNotAllowed,
         format!("{method} is not allowed here; use {}", list.join(" or ")),
     )
     .into_response();
@@ -207,8 +207,7 @@ pub async fn authorize(
         }
         Ok(Authentication::Expired) => {
             return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "token_expired",
+                Code::TokenExpired,
                 "the token has expired; ask an admin for a new one",
             )
             .into_response();
@@ -220,7 +219,7 @@ pub async fn authorize(
         Err(e) => return ApiError::from(e).into_response(),
     };
     let Some(roles) = needed else {
-        return ApiError::not_found("not_found", "no such route").into_response();
+        return ApiError::new(Code::NotFound, "no such route").into_response();
     };
     if !roles.iter().any(|r| caller.has(*r)) {
         let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
@@ -328,7 +327,7 @@ mod tests {
     #[test]
     fn a_405_names_the_allowed_methods() {
         let r = method_not_allowed(&Method::HEAD, &[Method::GET, Method::POST]);
-        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.status(), axum::http::StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[header::ALLOW], "GET, POST");
     }
 

@@ -2,12 +2,13 @@
 //! rate limit (429), and one access-log line per request that names the
 //! route, the status, the time taken and the token's name, never a secret.
 
+use cardfleet_schemas::codes::Code;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, Response, StatusCode, header};
+use axum::http::{HeaderValue, Response, header};
 use axum::middleware::Next;
 use axum::response::IntoResponse;
 use governor::middleware::NoOpMiddleware;
@@ -34,8 +35,7 @@ pub async fn request_timeout(
     match tokio::time::timeout(limit, next.run(request)).await {
         Ok(response) => response,
         Err(_) => ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "request_timeout",
+            Code::RequestTimeout,
             format!(
                 "the request took longer than {} s (http.request_timeout_seconds)",
                 limit.as_secs()
@@ -110,8 +110,7 @@ pub fn rate_limited(error: GovernorError) -> Response<Body> {
     match error {
         GovernorError::TooManyRequests { wait_time, .. } => {
             let mut response = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                Code::RateLimited,
                 format!("too many requests with this token; retry in {wait_time} s"),
             )
             .into_response();
@@ -123,8 +122,7 @@ pub fn rate_limited(error: GovernorError) -> Response<Body> {
         other => {
             tracing::error!(error = %other, "rate limiter failed");
             ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
+                Code::Internal,
                 "internal error; the server log has the details",
             )
             .into_response()
@@ -218,7 +216,7 @@ mod tests {
             wait_time: 0,
             headers: None,
         });
-        assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(r.status(), axum::http::StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
     }
 

@@ -6,6 +6,7 @@
 use axum::extract::Path;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
+use cardfleet_schemas::codes::Code;
 
 /// Scripts and styles only from this origin, no inline code, no frames, no
 /// forms posting elsewhere: the token in session storage is only reachable
@@ -56,8 +57,9 @@ pub async fn asset(Path(name): Path<String>) -> Response {
         "index.html" => index().await,
         "app.js" => page("text/javascript; charset=utf-8", APP_JS),
         "app.css" => page("text/css; charset=utf-8", APP_CSS),
-        _ => crate::api::error::ApiError::not_found("not_found", "no such console file")
-            .into_response(),
+        _ => {
+            crate::api::error::ApiError::new(Code::NotFound, "no such console file").into_response()
+        }
     }
 }
 

@@ -11,11 +11,11 @@ use super::CardState;
 
 /// Failure code of a job the broker gave up on at its delivery limit: a
 /// worker may have written to the card before it stopped answering.
-pub const DEAD_LETTERED: &str = "dead_lettered";
+pub const DEAD_LETTERED: &str = cardfleet_schemas::codes::Code::DeadLettered.as_str();
 
 /// Failure code of a job whose rack has no enrolled key to seal its
 /// secrets to; the dispatcher fails it before it leaves.
-pub const RACK_NOT_ENROLLED: &str = "rack_not_enrolled";
+pub const RACK_NOT_ENROLLED: &str = cardfleet_schemas::codes::Code::RackNotEnrolled.as_str();
 
 /// The engine's steps that only read the card, in its fixed order; every
 /// other step may write to it.

@@ -227,7 +227,13 @@ pub(super) struct CancelPlan {
 /// has left for a rack (dispatched, encoding) is only asked to stop: the
 /// worker's answer decides, and a result that arrives wins, because it is a
 /// fact about the chip.
-pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> CancelPlan {
+/// `in_flight`: queued jobs that may be on the broker already (a claim
+/// holds their outbox row); they are asked to stop rather than cancelled.
+pub(super) fn plan_cancel(
+    batch_id: Uuid,
+    jobs: Vec<(Uuid, Uuid, String)>,
+    in_flight: &HashSet<Uuid>,
+) -> CancelPlan {
     let mut outcome = CancelOutcome {
         cancelled: vec![],
         stopping: vec![],
@@ -237,7 +243,12 @@ pub(super) fn plan_cancel(batch_id: Uuid, jobs: Vec<(Uuid, Uuid, String)>) -> Ca
     let mut audit = AuditRows::default();
     for (job_id, card, state) in jobs {
         let state = JobState::parse(&state);
-        match (cancel_disposition(state), state) {
+        let disposition = if in_flight.contains(&job_id) {
+            CancelDisposition::Stopping
+        } else {
+            cancel_disposition(state)
+        };
+        match (disposition, state) {
             (CancelDisposition::Stopping, Some(s)) => {
                 outcome.stopping.push(job_id);
                 audit.push_job(
@@ -468,7 +479,34 @@ super::dialect::for_each_dialect! {
             if card_id.is_some() && rows.is_empty() {
                 return Err(StoreError::NotFound);
             }
-            let plan = plan_cancel(batch_id, rows);
+            // A queued job whose outbox row a dispatcher's claim holds (its
+            // row became queued after the lock above) may be on the broker
+            // already: it is only asked to stop, as a dispatched one. Never
+            // waits, so it cannot deadlock with that claim, which locks
+            // these jobs next.
+            let mut in_flight = HashSet::new();
+            if d::ROW_LOCKS {
+                let queued: Vec<Uuid> = rows
+                    .iter()
+                    .filter(|(_, _, state)| state == JobState::Queued.as_str())
+                    .map(|(id, _, _)| *id)
+                    .collect();
+                if !queued.is_empty() {
+                    let free = sqlx::query(concat!(
+                        "SELECT job_id FROM outbox WHERE job_id ",
+                        d::in_list!("$1"),
+                        d::for_update_skip_locked!()
+                    ))
+                    .bind(d::ids(&queued))
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.uuid("job_id"))
+                    .collect::<sqlx::Result<HashSet<Uuid>>>()?;
+                    in_flight.extend(queued.into_iter().filter(|id| !free.contains(id)));
+                }
+            }
+            let plan = plan_cancel(batch_id, rows, &in_flight);
             if !plan.outcome.cancelled.is_empty() {
                 sqlx::query(concat!(
                     "UPDATE jobs SET state = 'cancelled', reason = 'cancelled by operator', updated_at = ",

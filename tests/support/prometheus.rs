@@ -15,7 +15,14 @@ const MISSING: &str = "is not installed: these tests need Debian's `prometheus` 
      (prometheus and promtool); scripts/test installs it, or run `apt-get install prometheus`";
 
 pub fn repo_path(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+    // The workspace root (holding Cargo.lock): standalone/'s tests share
+    // this harness.
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .ancestors()
+        .find(|dir| dir.join("Cargo.lock").exists())
+        .unwrap_or(manifest)
+        .join(relative)
 }
 
 /// Runs promtool; returns (success, stdout + stderr).

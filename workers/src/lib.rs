@@ -8,6 +8,7 @@ pub mod app;
 pub mod engine;
 pub mod metrics;
 pub mod piv;
+pub mod piv_ids;
 pub mod rack;
 pub mod rack_key;
 pub mod runtime;

@@ -133,9 +133,10 @@ impl State {
             return;
         }
         if let Some(dlx) = queue.dead_letter_exchange.clone() {
-            message
-                .props
-                .set_header("x-first-death-reason", "delivery_limit");
+            message.props.set_header(
+                "x-first-death-reason",
+                crate::codes::Code::DeliveryLimit.as_str(),
+            );
             message.props.set_header("x-first-death-queue", queue_name);
             message.redelivered = false;
             message.returns = 0;

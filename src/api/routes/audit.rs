@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cardfleet_schemas::codes::Code;
 use serde::Deserialize;
 use utoipa::IntoParams;
 use uuid::Uuid;
@@ -35,14 +36,14 @@ pub async fn list(
 ) -> Result<Json<Vec<AuditEntry>>, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "limit must be between 1 and 1000",
         ));
     }
     if q.action.as_ref().is_some_and(|a| a.chars().count() > 64) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "action must be at most 64 characters",
         ));
     }

@@ -3,7 +3,8 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, header};
+use cardfleet_schemas::codes::Code;
 use serde::Deserialize;
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -76,11 +77,11 @@ pub async fn import(
     } else if content_type.starts_with("application/json") {
         let request: ImportRequest = serde_json::from_slice(&body).map_err(|e| {
             let code = if e.is_data() {
-                "invalid_request"
+                Code::InvalidRequest
             } else {
-                "malformed_json"
+                Code::MalformedJson
             };
-            ApiError::bad_request(code, format!("request body: {e}"))
+            ApiError::new(code, format!("request body: {e}"))
         })?;
         let rows = request
             .cards
@@ -101,15 +102,13 @@ pub async fn import(
         (rows, Vec::new())
     } else {
         return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_media_type",
+            Code::UnsupportedMediaType,
             "send application/json or text/csv",
         ));
     };
     if rows.len() + rejected.len() > state.max_batch_cards {
         return Err(ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            Code::BatchTooLarge,
             format!("at most {} cards per import", state.max_batch_cards),
         ));
     }
@@ -136,15 +135,15 @@ fn parse_csv(body: &[u8]) -> Result<ParsedRows, ApiError> {
         .from_reader(body);
     let header = reader
         .byte_headers()
-        .map_err(|e| ApiError::bad_request("malformed_csv", format!("CSV header: {e}")))?
+        .map_err(|e| ApiError::new(Code::MalformedCsv, format!("CSV header: {e}")))?
         .clone();
     let names: Vec<String> = header
         .iter()
         .map(|f| String::from_utf8_lossy(f).trim().to_owned())
         .collect();
     if names != CSV_HEADER {
-        return Err(ApiError::bad_request(
-            "malformed_csv",
+        return Err(ApiError::new(
+            Code::MalformedCsv,
             format!("CSV header must be {}", CSV_HEADER.join(",")),
         ));
     }
@@ -154,7 +153,7 @@ fn parse_csv(body: &[u8]) -> Result<ParsedRows, ApiError> {
         let row = i + 1;
         let reject = |message: String| RowRejection {
             row,
-            code: "malformed",
+            code: Code::Malformed.as_str(),
             message,
         };
         let record = match record {
@@ -224,16 +223,16 @@ pub async fn list(
     }
     .resolve()?;
     if q.card_type.as_ref().is_some_and(|t| t.chars().count() > 64) {
-        return Err(ApiError::bad_request(
-            "invalid_query",
+        return Err(ApiError::new(
+            Code::InvalidQuery,
             "type must be at most 64 characters",
         ));
     }
     let card_state = match q.state.as_deref() {
         None => None,
         Some(s) => Some(CardState::parse(s).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_query",
+            ApiError::new(
+                Code::InvalidQuery,
                 "state must be produced, initializing, unassigned or failed",
             )
         })?),
@@ -264,9 +263,7 @@ pub async fn detail(
 ) -> Result<Json<CardDetail>, ApiError> {
     match state.store.card_detail(card_id).await {
         Ok(d) => Ok(Json(d)),
-        Err(StoreError::NotFound) => {
-            Err(ApiError::not_found("unknown_card", "no card with this id"))
-        }
+        Err(StoreError::NotFound) => Err(ApiError::new(Code::UnknownCard, "no card with this id")),
         Err(e) => Err(e.into()),
     }
 }

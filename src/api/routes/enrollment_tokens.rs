@@ -4,6 +4,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use cardfleet_schemas::codes::Code;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -42,13 +43,13 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<EnrollmentToken>), ApiError> {
     // An object only: serde would also take `[]` for a struct of optional fields.
     let body: EnrollmentTokenRequest = serde_json::from_value(serde_json::Value::Object(body))
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
     let rack =
-        RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+        RackId::parse(&rack_id).map_err(|e| ApiError::new(Code::InvalidId, e.to_string()))?;
     let ttl = body.ttl_hours.unwrap_or(24);
     if !(1..=720).contains(&ttl) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            Code::InvalidRequest,
             "ttl_hours must be between 1 and 720",
         ));
     }

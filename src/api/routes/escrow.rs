@@ -1,6 +1,7 @@
 //! Secrets handed to people under audit: PUK escrow for officers and the
 //! PIN mailers of a finished batch (released once; an admin may reopen).
 
+use cardfleet_schemas::codes::Code;
 use std::fmt::Write as _;
 
 use axum::Json;
@@ -64,8 +65,8 @@ pub async fn puk(
 ) -> Result<Response, ApiError> {
     let reason = q.reason.as_deref().map(str::trim).unwrap_or_default();
     if reason.is_empty() || reason.chars().count() > MAX_REASON_CHARS {
-        return Err(ApiError::bad_request(
-            "reason_required",
+        return Err(ApiError::new(
+            Code::ReasonRequired,
             format!("give ?reason= (1 to {MAX_REASON_CHARS} characters): why the PUK is needed"),
         ));
     }
@@ -75,7 +76,7 @@ pub async fn puk(
         .await
         .map_err(|e| match e {
             StoreError::NotFound => {
-                ApiError::not_found("not_found", "the card has no active credentials")
+                ApiError::new(Code::NotFound, "the card has no active credentials")
             }
             e => e.into(),
         })?;
@@ -107,7 +108,7 @@ pub struct MailerQuery {
 
 fn unknown_batch(e: StoreError) -> ApiError {
     match e {
-        StoreError::NotFound => ApiError::not_found("unknown_batch", "no batch with this id"),
+        StoreError::NotFound => ApiError::new(Code::UnknownBatch, "no batch with this id"),
         e => e.into(),
     }
 }
@@ -172,13 +173,8 @@ pub async fn pin_mailers(
 fn render_csv(release: &MailerRelease) -> Result<String, ApiError> {
     let mut out = csv::Writer::from_writer(Vec::new());
     let write = |out: &mut csv::Writer<Vec<u8>>, row: [&str; 3]| {
-        out.write_record(row).map_err(|_| {
-            ApiError::new(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "the letters could not be written",
-            )
-        })
+        out.write_record(row)
+            .map_err(|_| ApiError::new(Code::Internal, "the letters could not be written"))
     };
     write(&mut out, ["card_number", "chip_serial", "pin"])?;
     for l in &release.letters {

@@ -1,5 +1,6 @@
 //! Liveness, readiness, the OpenAPI document and the 404 fallback.
 
+use cardfleet_schemas::codes::Code;
 use std::time::Duration;
 
 use axum::Json;
@@ -52,5 +53,5 @@ pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::not_found("not_found", "no such route")
+    ApiError::new(Code::NotFound, "no such route")
 }

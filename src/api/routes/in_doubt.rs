@@ -3,6 +3,7 @@
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use cardfleet_schemas::codes::Code;
 use serde::Serialize;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -31,8 +32,8 @@ pub async fn rerun(
             tracing::info!(job.id = %job_id, "in-doubt card's job runs again");
             Ok((StatusCode::ACCEPTED, Json(Rerun { job_id })))
         }
-        Err(StoreError::NotFound) => Err(ApiError::not_found(
-            "not_in_doubt",
+        Err(StoreError::NotFound) => Err(ApiError::new(
+            Code::NotInDoubt,
             "no card with this id is in_doubt",
         )),
         Err(e) => Err(e.into()),

@@ -1,5 +1,6 @@
 //! Initialize requests: submit, status, live events, cancel.
 
+use cardfleet_schemas::codes::Code;
 use std::convert::Infallible;
 
 use axum::Json;
@@ -97,16 +98,15 @@ pub async fn submit(
 ) -> Result<(StatusCode, Json<InitializeOutcome>), ApiError> {
     let too_large = || {
         ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "batch_too_large",
+            Code::BatchTooLarge,
             format!("at most {} cards per request", state.max_batch_cards),
         )
     };
     let selection = match (request.card_ids, request.filter) {
         (Some(ids), None) => {
             if ids.is_empty() {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
                     "card_ids must not be empty",
                 ));
             }
@@ -117,16 +117,16 @@ pub async fn submit(
         }
         (None, Some(filter)) => {
             if filter.state != "produced" {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
                     "filter.state must be 'produced': only produced cards can be initialized",
                 ));
             }
             let card_type = CardType::parse(&filter.card_type)
-                .map_err(|e| ApiError::bad_request("invalid_request", format!("filter.{e}")))?;
+                .map_err(|e| ApiError::new(Code::InvalidRequest, format!("filter.{e}")))?;
             if filter.limit < 1 {
-                return Err(ApiError::bad_request(
-                    "invalid_request",
+                return Err(ApiError::new(
+                    Code::InvalidRequest,
                     "filter.limit must be at least 1",
                 ));
             }
@@ -139,8 +139,8 @@ pub async fn submit(
             }
         }
         _ => {
-            return Err(ApiError::bad_request(
-                "invalid_request",
+            return Err(ApiError::new(
+                Code::InvalidRequest,
                 "give exactly one of card_ids or filter",
             ));
         }
@@ -181,7 +181,7 @@ pub async fn status(
 
 fn unknown_batch(e: StoreError) -> ApiError {
     match e {
-        StoreError::NotFound => ApiError::not_found("unknown_batch", "no batch with this id"),
+        StoreError::NotFound => ApiError::new(Code::UnknownBatch, "no batch with this id"),
         e => e.into(),
     }
 }
@@ -296,8 +296,8 @@ pub async fn cancel_card(
         .cancel(batch_id, Some(card_id), &caller.name)
         .await
         .map_err(|e| match e {
-            StoreError::NotFound => ApiError::not_found(
-                "unknown_card",
+            StoreError::NotFound => ApiError::new(
+                Code::UnknownCard,
                 "no such batch, or the card is not part of it",
             ),
             e => e.into(),

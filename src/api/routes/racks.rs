@@ -2,6 +2,7 @@
 
 use axum::Json;
 use axum::extract::State;
+use cardfleet_schemas::codes::Code;
 
 use crate::api::AppState;
 use crate::api::error::{ApiError, ApiQuery, IdPath, Paging};
@@ -38,16 +39,14 @@ pub async fn release_slot(
     IdPath((rack_id, slot)): IdPath<(String, u16)>,
 ) -> Result<axum::http::StatusCode, ApiError> {
     let rack =
-        RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+        RackId::parse(&rack_id).map_err(|e| ApiError::new(Code::InvalidId, e.to_string()))?;
     match state
         .store
         .release_slot(rack.as_str(), slot, &caller.name)
         .await
     {
         Ok(()) => Ok(axum::http::StatusCode::ACCEPTED),
-        Err(StoreError::NotFound) => {
-            Err(ApiError::not_found("unknown_slot", "no such rack or slot"))
-        }
+        Err(StoreError::NotFound) => Err(ApiError::new(Code::UnknownSlot, "no such rack or slot")),
         Err(e) => Err(e.into()),
     }
 }
@@ -97,7 +96,7 @@ pub async fn enroll(
     crate::api::error::ApiJson(body): crate::api::error::ApiJson<EnrollmentRequest>,
 ) -> Result<(axum::http::StatusCode, Json<Enrollment>), ApiError> {
     let rack =
-        RackId::parse(&rack_id).map_err(|e| ApiError::bad_request("invalid_id", e.to_string()))?;
+        RackId::parse(&rack_id).map_err(|e| ApiError::new(Code::InvalidId, e.to_string()))?;
     if caller.rack_id.as_deref() != Some(rack.as_str()) || !caller.single_use {
         return Err(ApiError::forbidden(
             "this token is not an enrollment token for this rack",
@@ -105,8 +104,7 @@ pub async fn enroll(
     }
     let key = parse_public_key(&body.public_key).ok_or_else(|| {
         ApiError::new(
-            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_public_key",
+            Code::InvalidPublicKey,
             "public_key must be standard base64 of a 32-byte X25519 public key",
         )
     })?;
@@ -114,8 +112,7 @@ pub async fn enroll(
         .filter(cardfleet_schemas::rack_identity::is_valid_verifying_key)
         .ok_or_else(|| {
             ApiError::new(
-                axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_signing_key",
+                Code::InvalidSigningKey,
                 "signing_key must be standard base64 of a 32-byte Ed25519 public key",
             )
         })?;

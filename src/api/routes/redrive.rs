@@ -5,7 +5,7 @@
 
 use axum::Json;
 use axum::extract::State;
-use axum::http::StatusCode;
+use cardfleet_schemas::codes::Code;
 use cardfleet_schemas::{self as wire, EventMessage, ResultMessage};
 use serde::Serialize;
 use utoipa::ToSchema;
@@ -23,7 +23,7 @@ pub struct Redriven {
 }
 
 fn not_redrivable(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::CONFLICT, "not_redrivable", message)
+    ApiError::new(Code::NotRedrivable, message)
 }
 
 /// The message, or why it still cannot be read (category only, never content).
@@ -64,7 +64,7 @@ pub async fn redrive(
 ) -> Result<Json<Redriven>, ApiError> {
     let unknown = |e: StoreError| match e {
         StoreError::NotFound => {
-            ApiError::not_found("unknown_dead_letter", "no dead letter with this id")
+            ApiError::new(Code::UnknownDeadLetter, "no dead letter with this id")
         }
         e => e.into(),
     };

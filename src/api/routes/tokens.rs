@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use cardfleet_schemas::codes::Code;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -71,16 +72,16 @@ pub async fn create(
         .iter()
         .map(|r| Role::parse(r))
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| ApiError::bad_request("invalid_request", e.to_string()))?;
+        .map_err(|e| ApiError::new(Code::InvalidRequest, e.to_string()))?;
     if roles.contains(&Role::Worker) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            Code::InvalidRequest,
             "worker tokens are single-use enrollment tokens: use `cardfleet racks enroll-token`",
         ));
     }
     if body.ttl_days.is_some_and(|d| !(1..=3650).contains(&d)) {
-        return Err(ApiError::bad_request(
-            "invalid_request",
+        return Err(ApiError::new(
+            Code::InvalidRequest,
             "ttl_days must be between 1 and 3650",
         ));
     }
@@ -123,8 +124,7 @@ pub async fn revoke(
     // mid-session; another admin (or the CLI) revokes it.
     if name == caller.name {
         return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "own_token",
+            Code::OwnToken,
             "a token cannot revoke itself; revoke it with another admin token or the CLI",
         ));
     }
@@ -133,10 +133,9 @@ pub async fn revoke(
             tracing::info!(token = %name, actor = %caller.name, "API token revoked");
             Ok(StatusCode::NO_CONTENT)
         }
-        Err(StoreError::NotFound) => Err(ApiError::not_found(
-            "unknown_token",
-            "no token with this name",
-        )),
+        Err(StoreError::NotFound) => {
+            Err(ApiError::new(Code::UnknownToken, "no token with this name"))
+        }
         Err(e) => Err(e.into()),
     }
 }

@@ -8,7 +8,7 @@ use super::error::EngineError;
 use super::mgmt::algorithm_from_id;
 use super::session::{Session, command};
 use crate::apdu::StatusWord;
-use crate::piv::ids::{ins, key_ref};
+use crate::piv_ids::{ins, key_ref};
 use crate::tlv::{self, Tag};
 
 /// The result of probing a card.

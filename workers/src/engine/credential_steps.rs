@@ -11,7 +11,7 @@ use super::mgmt::{self, ALL_ALGORITHMS, SetKeyOutcome};
 use super::runner::{Runner, StepOutcome, unsupported};
 use super::session::command_no_le;
 use crate::apdu::StatusWord;
-use crate::piv::ids::ins;
+use crate::piv_ids::ins;
 
 const SET_RETRIES: &str = "set_retries";
 const SET_MANAGEMENT_KEY: &str = "set_management_key";

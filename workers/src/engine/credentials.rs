@@ -8,7 +8,7 @@ use zeroize::Zeroizing;
 use super::error::EngineError;
 use super::session::{Session, command_no_le};
 use crate::apdu::StatusWord;
-use crate::piv::ids::{ins, key_ref};
+use crate::piv_ids::{ins, key_ref};
 
 /// Length of PIN and PUK reference data on the wire.
 const WIRE_LEN: usize = 8;

@@ -8,6 +8,8 @@
 
 use std::fmt;
 
+use cardfleet_schemas::codes::Code;
+
 use super::TransportError;
 use crate::apdu::{ApduError, StatusWord};
 
@@ -69,7 +71,7 @@ pub enum FailureCode {
 
 impl FailureCode {
     /// Every code, so metrics can show a zero for each before the first failure.
-    pub const ALL: [FailureCode; 24] = [
+    pub const ALL: [FailureCode; 25] = [
         Self::InvalidRequest,
         Self::CardRemoved,
         Self::CardReset,
@@ -81,6 +83,7 @@ impl FailureCode {
         Self::AlreadyInitialized,
         Self::JournalUnreadable,
         Self::JournalUnsupported,
+        Self::JournalStoreFailed,
         Self::PinBlocked,
         Self::PukBlocked,
         Self::PinStateUnknown,
@@ -96,35 +99,9 @@ impl FailureCode {
         Self::Cancelled,
     ];
 
-    /// The code as it appears in `Failure.code`.
+    /// The code as it appears in `Failure.code` (from the catalogue).
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::InvalidRequest => "invalid_request",
-            Self::CardRemoved => "card_removed",
-            Self::CardReset => "card_reset",
-            Self::CardMute => "card_mute",
-            Self::ReaderError => "reader_error",
-            Self::NotPiv => "not_piv",
-            Self::ChipSerialUnavailable => "chip_serial_unavailable",
-            Self::ChipSerialMismatch => "chip_serial_mismatch",
-            Self::AlreadyInitialized => "already_initialized",
-            Self::JournalUnreadable => "journal_unreadable",
-            Self::JournalUnsupported => "journal_unsupported",
-            Self::JournalStoreFailed => "journal_store_failed",
-            Self::PinBlocked => "pin_blocked",
-            Self::PukBlocked => "puk_blocked",
-            Self::PinStateUnknown => "pin_state_unknown",
-            Self::ManagementKeyUnknown => "management_key_unknown",
-            Self::TransportPinRejected => "transport_pin_rejected",
-            Self::TransportPukRejected => "transport_puk_rejected",
-            Self::PinFormatUnsupported => "pin_format_unsupported",
-            Self::PukFormatUnsupported => "puk_format_unsupported",
-            Self::UnsupportedStep => "unsupported_step",
-            Self::VerificationFailed => "verification_failed",
-            Self::UnexpectedStatus => "unexpected_status",
-            Self::MalformedResponse => "malformed_response",
-            Self::Cancelled => "cancelled",
-        }
+        Code::from(self).as_str()
     }
 
     /// Whether another attempt on the same card may succeed: only when the card went away
@@ -139,6 +116,39 @@ impl FailureCode {
     /// Whether the chip can never be initialized.
     pub fn card_unusable(self) -> bool {
         matches!(self, Self::PinBlocked | Self::PukBlocked)
+    }
+}
+
+/// Every engine failure code is a catalogue code.
+impl From<FailureCode> for Code {
+    fn from(code: FailureCode) -> Code {
+        match code {
+            FailureCode::InvalidRequest => Code::InvalidRequest,
+            FailureCode::CardRemoved => Code::CardRemoved,
+            FailureCode::CardReset => Code::CardReset,
+            FailureCode::CardMute => Code::CardMute,
+            FailureCode::ReaderError => Code::ReaderError,
+            FailureCode::NotPiv => Code::NotPiv,
+            FailureCode::ChipSerialUnavailable => Code::ChipSerialUnavailable,
+            FailureCode::ChipSerialMismatch => Code::ChipSerialMismatch,
+            FailureCode::AlreadyInitialized => Code::AlreadyInitialized,
+            FailureCode::JournalUnreadable => Code::JournalUnreadable,
+            FailureCode::JournalUnsupported => Code::JournalUnsupported,
+            FailureCode::JournalStoreFailed => Code::JournalStoreFailed,
+            FailureCode::PinBlocked => Code::PinBlocked,
+            FailureCode::PukBlocked => Code::PukBlocked,
+            FailureCode::PinStateUnknown => Code::PinStateUnknown,
+            FailureCode::ManagementKeyUnknown => Code::ManagementKeyUnknown,
+            FailureCode::TransportPinRejected => Code::TransportPinRejected,
+            FailureCode::TransportPukRejected => Code::TransportPukRejected,
+            FailureCode::PinFormatUnsupported => Code::PinFormatUnsupported,
+            FailureCode::PukFormatUnsupported => Code::PukFormatUnsupported,
+            FailureCode::UnsupportedStep => Code::UnsupportedStep,
+            FailureCode::VerificationFailed => Code::VerificationFailed,
+            FailureCode::UnexpectedStatus => Code::UnexpectedStatus,
+            FailureCode::MalformedResponse => Code::MalformedResponse,
+            FailureCode::Cancelled => Code::Cancelled,
+        }
     }
 }
 
@@ -231,5 +241,41 @@ impl EngineError {
     /// See [`FailureCode::card_unusable`].
     pub fn card_unusable(&self) -> bool {
         self.code().card_unusable()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use cardfleet_schemas::codes::{Code, Kind};
+
+    use super::FailureCode;
+
+    /// Failure codes set outside the engine: by the worker runtime (a slot
+    /// without a card, quarantined or unknown; secrets it cannot open) and
+    /// by the control plane (dead-lettered or undispatchable jobs).
+    const NOT_THE_ENGINES: [Code; 6] = [
+        Code::CardAbsent,
+        Code::SlotQuarantined,
+        Code::SlotUnavailable,
+        Code::SecretsUnopenable,
+        Code::DeadLettered,
+        Code::RackNotEnrolled,
+    ];
+
+    #[test]
+    fn all_lists_every_engine_failure_code_of_the_catalogue_once() {
+        let listed: HashSet<Code> = FailureCode::ALL.iter().map(|&c| Code::from(c)).collect();
+        assert_eq!(listed.len(), FailureCode::ALL.len(), "a code twice in ALL");
+        let engine: HashSet<Code> = Code::ALL
+            .iter()
+            .copied()
+            .filter(|c| c.is(Kind::JobFailure) && !NOT_THE_ENGINES.contains(c))
+            .collect();
+        assert_eq!(listed, engine);
+        for code in FailureCode::ALL {
+            assert_eq!(code.to_string(), Code::from(code).as_str());
+        }
     }
 }

@@ -5,7 +5,7 @@ use super::error::{EngineError, FailureCode};
 use super::objects;
 use super::session::{Session, command};
 use crate::apdu::{CommandApdu, MAX_SHORT_NE, StatusWord};
-use crate::piv::ids::{PIV_AID, ins, tag};
+use crate::piv_ids::{PIV_AID, ins, tag};
 use crate::tlv;
 
 /// Offset of the 4-byte IC serial number in CPLC data (after fabricator, type, OS id, OS

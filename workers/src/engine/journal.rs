@@ -20,7 +20,7 @@ use cardfleet_schemas::profile::{KeySlot, ManagementKeyAlgorithm};
 use uuid::Uuid;
 
 use super::mgmt::algorithm_from_id;
-use crate::piv::ids::tag;
+use crate::piv_ids::tag;
 use crate::tlv::{self, Tag, TlvBuilder};
 
 /// The data object that holds the journal.

@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use super::error::EngineError;
 use super::session::{Session, command, command_no_le};
 use crate::apdu::StatusWord;
-use crate::piv::ids::{ins, key_ref, tag};
+use crate::piv_ids::{ins, key_ref, tag};
 use crate::tlv::{self, Tag};
 
 /// Every management key algorithm, in the order tried when nothing better is known.

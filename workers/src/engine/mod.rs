@@ -58,6 +58,7 @@
 //! PIN with letters: `pin_format_unsupported`), the engine puts the card back to
 //! its transport credentials and deletes the journal, so a later job can use it.
 
+mod by_ref;
 mod capabilities;
 mod credential_steps;
 mod credentials;
@@ -73,7 +74,6 @@ pub mod public_keys;
 mod runner;
 mod session;
 mod steps;
-mod virtual_card;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]

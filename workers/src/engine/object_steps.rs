@@ -11,7 +11,7 @@ use super::objects;
 use super::runner::{Runner, StepOutcome, unsupported};
 use super::session::command;
 use crate::apdu::StatusWord;
-use crate::piv::ids::{ins, tag};
+use crate::piv_ids::{ins, tag};
 use crate::tlv::{self, Tag};
 
 fn algorithm_name(algorithm: KeyAlgorithm) -> &'static str {

@@ -7,7 +7,7 @@ use uuid::Uuid;
 use super::error::EngineError;
 use super::session::{Session, command, command_no_le};
 use crate::apdu::StatusWord;
-use crate::piv::ids::{ins, tag};
+use crate::piv_ids::{ins, tag};
 use crate::tlv::{self, Tag, TlvBuilder};
 
 /// FASC-N for issuers outside the US federal government (agency, system and credential

@@ -11,7 +11,7 @@ use super::journal::{JOURNAL_TAG, Journal, Mark};
 use super::mgmt::{self, ALL_ALGORITHMS, AuthOutcome, MgmtKey};
 use super::objects;
 use super::runner::{Runner, StepOutcome};
-use crate::piv::ids::key_ref;
+use crate::piv_ids::key_ref;
 
 impl Runner<'_, '_> {
     pub(crate) fn select(&mut self) -> Result<StepOutcome, EngineError> {

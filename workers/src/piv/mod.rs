@@ -3,8 +3,8 @@
 
 mod card;
 mod command;
+mod data_commands;
 mod extensions;
-pub mod ids;
 mod keys;
 mod mgmt;
 mod objects;
@@ -14,11 +14,15 @@ mod secrets;
 mod slots;
 mod state;
 mod store;
+mod transport;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests;
 
+/// The PIV identifiers, which live outside the emulator so the engine does
+/// not depend on it.
+pub use crate::piv_ids as ids;
 pub use card::{ATR, MAX_CHAIN_LEN, VirtualPivCard};
 pub use keys::{KEY_SLOTS, KeyAlgorithm, PinPolicy, SlotKey, is_key_slot};
 pub use objects::{MAX_OBJECT_LEN, factory_chuid};

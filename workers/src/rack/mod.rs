@@ -79,7 +79,7 @@ pub fn card_absent() -> EncodeReport {
     EncodeReport {
         outcome: cardfleet_schemas::Outcome::Failed,
         failure: Some(cardfleet_schemas::Failure {
-            code: "card_absent".into(),
+            code: cardfleet_schemas::codes::Code::CardAbsent.as_str().into(),
             message: "the card is not in its slot".into(),
             card_unusable: false,
         }),

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cardfleet_schemas::bus::{Confirm, Delivery, Props, Publisher};
+use cardfleet_schemas::codes::Code;
 use cardfleet_schemas::rack_identity::RackSigner;
 use cardfleet_schemas::sealing::{self, RackSecretKey, SECRETS_UNOPENABLE, SealError};
 use cardfleet_schemas::{
@@ -64,7 +65,8 @@ async fn process(
 fn decode(data: &[u8]) -> Result<InitializeJob, String> {
     let job: InitializeJob = serde_json::from_slice(data).map_err(|e| {
         format!(
-            "undecodable job: {:?} error at line {} column {}",
+            "{}: job {:?} error at line {} column {}",
+            Code::Undecodable,
             e.classify(),
             e.line(),
             e.column()
@@ -72,7 +74,8 @@ fn decode(data: &[u8]) -> Result<InitializeJob, String> {
     })?;
     if job.meta.schema_version != wire::SCHEMA_VERSION {
         return Err(format!(
-            "unsupported schema_version {}",
+            "{}: {}",
+            Code::UnsupportedSchemaVersion,
             job.meta.schema_version
         ));
     }
@@ -117,7 +120,7 @@ async fn run_decoded(
             publisher,
             delivery,
             &config.rack_id,
-            "job is for another rack",
+            &format!("{}: the job is for another rack", Code::WrongRack),
         )
         .await);
     }
@@ -173,7 +176,7 @@ async fn run_decoded(
     };
     if shared.with_directory(|d| d.is_quarantined(slot)) == Some(true) {
         let report = failure(
-            "slot_quarantined",
+            Code::SlotQuarantined.as_str(),
             "the card sits in a quarantined slot; move it to another slot",
             false,
         );
@@ -371,14 +374,14 @@ async fn encode_in_slot(
     };
     if tx.send(command).is_err() {
         return failure(
-            "slot_unavailable",
+            Code::SlotUnavailable.as_str(),
             "the slot's reader thread has stopped",
             false,
         );
     }
     answer.await.unwrap_or_else(|_| {
         failure(
-            "slot_unavailable",
+            Code::SlotUnavailable.as_str(),
             "the slot's reader thread has stopped",
             false,
         )

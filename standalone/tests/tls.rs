@@ -6,6 +6,7 @@
 //! connection code) is exercised exactly as against a TLS-enabled server.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::path::PathBuf;

@@ -3,6 +3,7 @@
 //! started again on the same data directory.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 use std::collections::HashMap;
@@ -205,6 +206,46 @@ impl Api {
 
 const CRASH_CARDS: u32 = 2000;
 
+/// Unfinished jobs a killed standalone run left in its SQLite file.
+#[derive(Debug)]
+struct Left {
+    /// `dispatched` or `encoding`: on the bus that died with the process.
+    in_flight: i64,
+    /// `queued` with an outbox row: the dispatcher publishes them again.
+    queued: i64,
+    /// `queued` without an outbox row (must be none).
+    queued_without_outbox: i64,
+}
+
+async fn left_by_the_kill(db: &str) -> Left {
+    let pool = SqlitePoolOptions::new().connect(db).await.unwrap();
+    let count = |sql: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    let left = Left {
+        in_flight: count("SELECT count(*) FROM jobs WHERE state IN ('dispatched', 'encoding')")
+            .await,
+        queued: count(
+            "SELECT count(*) FROM jobs j WHERE j.state = 'queued'
+             AND EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)",
+        )
+        .await,
+        queued_without_outbox: count(
+            "SELECT count(*) FROM jobs j WHERE j.state = 'queued'
+             AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.job_id = j.id)",
+        )
+        .await,
+    };
+    pool.close().await;
+    left
+}
+
 /// (chip serial, job id, key id, PIN nonce, PIN ciphertext)
 type CredentialRow = (String, String, String, Vec<u8>, Vec<u8>);
 
@@ -294,6 +335,26 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
     child.wait().unwrap();
     assert!(done_before < u64::from(CRASH_CARDS));
 
+    // What the killed run left, read from its file while nothing runs. A
+    // job not finished is either still `queued` with its outbox row (the
+    // dispatcher published it but had not yet committed marking it
+    // dispatched: under load that commit waits for SQLite's one writer, and
+    // with dispatcher.batch_size 2000 one round claims the whole batch), or
+    // `dispatched`/`encoding`, which only the restart's re-dispatch can
+    // bring back. Which of the two the kill finds depends on timing, so the
+    // test counts both and demands each be recovered, not that the second
+    // be non-empty.
+    let db = format!("sqlite://{}", data.join("cardfleet.sqlite").display());
+    let left = left_by_the_kill(&db).await;
+    assert_eq!(
+        left.queued_without_outbox, 0,
+        "a queued job without an outbox row would never be published: {left:?}"
+    );
+    assert!(
+        left.in_flight + left.queued > 0,
+        "the kill left nothing to recover: {left:?}"
+    );
+
     let mut child = spawn_standalone(&data, port, &log);
     api.wait_ready(&mut child).await;
     assert_eq!(api.token(), first_token, "a restart keeps the first token");
@@ -316,20 +377,26 @@ async fn standalone_killed_mid_batch_finishes_it_after_a_restart_on_the_same_fil
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(stopped.success(), "clean stop failed: {stopped}\n{text}");
     assert_eq!(counts["succeeded"], CRASH_CARDS, "{counts}\n{text}");
-    assert!(
+    // The restart re-dispatched exactly the jobs the kill left on the bus
+    // (one audit row each), and said so when there were any.
+    let pool = SqlitePoolOptions::new().connect(&db).await.unwrap();
+    let redispatched: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM audit WHERE action = 'job.redispatched'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        redispatched, left.in_flight,
+        "the restart re-dispatched other jobs than the kill left in flight: {left:?}\n{text}"
+    );
+    assert_eq!(
         text.contains("re-dispatching jobs the previous run had in flight"),
-        "the restart recovered nothing:\n{text}"
+        left.in_flight > 0,
+        "{left:?}\n{text}"
     );
 
     // Every card unassigned, one job and one set of credentials each, and
     // the PIN on every chip is the stored one.
-    let pool = SqlitePoolOptions::new()
-        .connect(&format!(
-            "sqlite://{}",
-            data.join("cardfleet.sqlite").display()
-        ))
-        .await
-        .unwrap();
     let states: Vec<(String, i64)> =
         sqlx::query_as("SELECT state, count(*) FROM cards GROUP BY state")
             .fetch_all(&pool)

@@ -13,11 +13,11 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::client::ApiClient;
-use crate::domain::CardState;
-use crate::settings::Settings;
-use crate::standalone::{self, Standalone};
-use crate::store::cards::CardFilter;
+use crate::{self as standalone, Standalone};
+use cardfleet::client::ApiClient;
+use cardfleet::domain::CardState;
+use cardfleet::settings::Settings;
+use cardfleet::store::cards::CardFilter;
 
 /// What `cardfleet demo` runs.
 #[derive(Debug, Clone, clap::Args)]
@@ -202,7 +202,7 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
             tokens.operator.expose()
         );
         println!("  or the admin token above. Press Ctrl-C to stop.");
-        crate::cli::wait_for_signal().await;
+        cardfleet::cli::wait_for_signal().await;
         stayed = Some(summary);
     }
     shutdown.cancel();
@@ -247,12 +247,12 @@ pub async fn run(options: &DemoOptions) -> anyhow::Result<DemoSummary> {
 /// The demo's API tokens, made through the store as an administrator would
 /// with `cardfleet tokens create`.
 struct DemoTokens {
-    admin: crate::store::tokens::TokenSecret,
-    operator: crate::store::tokens::TokenSecret,
+    admin: cardfleet::store::tokens::TokenSecret,
+    operator: cardfleet::store::tokens::TokenSecret,
 }
 
-async fn demo_tokens(store: &crate::store::Store) -> anyhow::Result<DemoTokens> {
-    use crate::store::tokens::{NewToken, Role};
+async fn demo_tokens(store: &cardfleet::store::Store) -> anyhow::Result<DemoTokens> {
+    use cardfleet::store::tokens::{NewToken, Role};
     let token = |name: &str, role: Role| NewToken {
         name: name.to_owned(),
         roles: vec![role],
@@ -275,7 +275,7 @@ async fn demo_tokens(store: &crate::store::Store) -> anyhow::Result<DemoTokens> 
 async fn drive(
     options: &DemoOptions,
     api: &str,
-    store: &crate::store::Store,
+    store: &cardfleet::store::Store,
     tokens: &DemoTokens,
 ) -> anyhow::Result<(Uuid, Duration)> {
     let client = ApiClient::new(api, Some(tokens.operator.expose()))?;
@@ -349,7 +349,7 @@ async fn drive(
 }
 
 async fn summarize(
-    store: &crate::store::Store,
+    store: &cardfleet::store::Store,
     batch: Uuid,
     cards: u32,
     elapsed: Duration,
@@ -405,7 +405,7 @@ async fn summarize(
     })
 }
 
-async fn count_state(store: &crate::store::Store, state: CardState) -> anyhow::Result<u64> {
+async fn count_state(store: &cardfleet::store::Store, state: CardState) -> anyhow::Result<u64> {
     let mut total = 0u64;
     let mut offset = 0;
     loop {

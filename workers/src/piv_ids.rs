@@ -1,4 +1,5 @@
-//! PIV identifiers from NIST SP 800-73-4: AIDs, instruction bytes, key references, algorithm
+//! PIV identifiers from NIST SP 800-73-4 (shared by the encoding engine and
+//! the virtual card, so neither imports the other for them): AIDs, instruction bytes, key references, algorithm
 //! identifiers and data object tags, plus the YubiKey-compatible management extensions.
 
 use crate::tlv::Tag;

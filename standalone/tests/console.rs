@@ -13,9 +13,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cardfleet::settings::Settings;
-use cardfleet::standalone::{self, Standalone};
 use cardfleet::store::Store;
 use cardfleet::store::tokens::{NewToken, Role};
+use cardfleet_standalone::{self as standalone, Standalone};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -384,7 +384,7 @@ impl Browser {
         let png = self.c().screenshot().await.unwrap();
         let dir = std::env::var_os("CARGO_TARGET_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"))
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
             .join("console-screenshots");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
