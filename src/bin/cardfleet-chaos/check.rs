@@ -185,10 +185,12 @@ pub async fn check_cards(
     .bind(batch)
     .fetch_all(pool)
     .await?;
-    let mut v = CardVerdicts::default();
-    v.dead_letters = sqlx::query_scalar("SELECT count(*) FROM dead_letters")
-        .fetch_one(pool)
-        .await?;
+    let mut v = CardVerdicts {
+        dead_letters: sqlx::query_scalar("SELECT count(*) FROM dead_letters")
+            .fetch_one(pool)
+            .await?,
+        ..Default::default()
+    };
     let by_serial: HashMap<&str, &CardRow> =
         rows.iter().map(|r| (r.chip_serial.as_str(), r)).collect();
     for serial in expected_serials {

@@ -263,6 +263,7 @@ pub struct ClientStats {
 /// `clients` concurrent API clients, each with its own connection, reading
 /// batches, cards, racks and dead letters with a think time between
 /// requests, until `stop`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_clients(
     base: String,
     token: String,

@@ -220,6 +220,8 @@ impl PrivateRabbit {
 
     fn boot(&mut self) -> anyhow::Result<()> {
         let dir = &self.dir;
+        // The killed VM's pid file would be read half-rewritten by `wait`.
+        let _ = std::fs::remove_file(dir.join("pid"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
