@@ -30,8 +30,24 @@ fn log_file(path: &Path) -> anyhow::Result<(Stdio, Stdio)> {
 }
 
 fn myself() -> anyhow::Result<PathBuf> {
+    if let Some(copy) = PINNED.get() {
+        return Ok(copy.clone());
+    }
     std::env::current_exe().context("cannot find this program's own path")
 }
+
+/// Copies this program into the run's directory and re-executes that copy
+/// from then on: a rebuild during the run (which replaces the file) cannot
+/// keep a killed worker from starting again.
+pub fn pin_own_executable(run_dir: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find this program's own path")?;
+    let copy = run_dir.join("cardfleet-chaos");
+    std::fs::copy(&exe, &copy).with_context(|| format!("copying {}", exe.display()))?;
+    PINNED.set(copy).ok();
+    Ok(())
+}
+
+static PINNED: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
 
 /// Runs `cardfleet <args>` (this program re-executed as the control plane's
 /// command line) against the fleet's database and returns its stdout.

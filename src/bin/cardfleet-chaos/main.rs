@@ -194,6 +194,7 @@ async fn chaos(args: Args) -> anyhow::Result<bool> {
         // The services' own users must reach their directories below.
         std::fs::set_permissions(&run_dir, std::fs::Permissions::from_mode(0o755))?;
     }
+    fleet::pin_own_executable(&run_dir)?;
     println!("chaos run in {}", run_dir.display());
 
     // Services: private ones unless a fleet's were given.
