@@ -55,7 +55,8 @@ pub fn journal_keeper(settings: &WorkerSettings) -> Option<Arc<dyn crate::engine
 
 /// Reads a production CSV (`card_number,chip_serial,card_type,profile`) into
 /// simulated cards; chip serials must be decimal 32-bit numbers, as virtual
-/// cards report them. Faults are drawn per card at the configured rates.
+/// cards report them. Faults are drawn per card at the configured rates; an
+/// optional fifth column `pull_after_apdus` pulls that card once mid-step.
 pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<Vec<SimCard>> {
     let mut reader =
         csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -77,6 +78,18 @@ pub fn cards_from_csv(path: &Path, settings: &WorkerSettings) -> anyhow::Result<
         card.options.vendor_objects = settings.simulated.vendor_objects;
         card.options.extensions = settings.simulated.extensions;
         card.faults = draw_faults(&mut rng, settings);
+        // An optional fifth column schedules a pull: the card is taken out
+        // after that many APDUs of its first attempt and put back (chaos runs).
+        if let Some(pull) = record.get(4).map(str::trim).filter(|s| !s.is_empty()) {
+            let after: usize = pull.parse().with_context(|| {
+                format!(
+                    "{}: row {}: pull_after_apdus must be a number of APDUs",
+                    path.display(),
+                    i + 1
+                )
+            })?;
+            card.faults.pull_after_apdus = Some(after);
+        }
         cards.push(card);
     }
     Ok(cards)
@@ -203,5 +216,38 @@ async fn wait_for_signal() {
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifth_csv_column_schedules_a_pull_and_a_bad_one_names_its_row() {
+        let settings = WorkerSettings::load(None, &[]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("cards.csv");
+        std::fs::write(
+            &csv,
+            "card_number,chip_serial,card_type,profile,pull_after_apdus\n\
+             TC-1,1,temporary,temporary-piv,12\n\
+             TC-2,2,temporary,temporary-piv,\n",
+        )
+        .unwrap();
+        let cards = cards_from_csv(&csv, &settings).unwrap();
+        let pulls: Vec<_> = cards.iter().map(|c| c.faults.pull_after_apdus).collect();
+        assert_eq!(pulls, [Some(12), None]);
+        std::fs::write(
+            &csv,
+            "card_number,chip_serial,card_type,profile,pull_after_apdus\nTC-1,1,temporary,temporary-piv,soon\n",
+        )
+        .unwrap();
+        let err = format!("{:#}", cards_from_csv(&csv, &settings).unwrap_err());
+        assert!(
+            err.contains("row 1") && err.contains("pull_after_apdus"),
+            "{err}"
+        );
     }
 }

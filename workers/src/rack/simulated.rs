@@ -258,6 +258,17 @@ pub fn start(config: SimConfig, feed: CardFeed, tray: OutputTray) -> Rack {
 /// File beside a card's saved state once the card has left the rack.
 const LEFT_MARKER: &str = "left-the-rack";
 
+/// File an operator (or a chaos run) puts beside a card's saved state to
+/// take the card out of its slot while no job runs on it: a card whose job
+/// was cancelled before it reached the rack would otherwise hold its slot.
+pub const REMOVE_REQUEST: &str = "remove-from-slot";
+
+fn removal_requested(card: &LoadedCard) -> bool {
+    card.store
+        .as_ref()
+        .is_some_and(|s| s.path().with_file_name(REMOVE_REQUEST).exists())
+}
+
 fn left_the_rack(state_dir: Option<&std::path::Path>, card: &SimCard) -> bool {
     state_dir.is_some_and(|dir| {
         dir.join(card.options.chip_serial.to_string())
@@ -322,9 +333,18 @@ fn slot_thread(
                 Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         } else {
-            match commands.recv() {
+            match commands.recv_timeout(Duration::from_millis(250)) {
                 Ok(c) => c,
-                Err(_) => return,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    // Between jobs only: an encode in progress holds the thread.
+                    if current.as_ref().is_some_and(|(_, c)| removal_requested(c))
+                        && let Some((_, card)) = current.take()
+                    {
+                        leave(slot, card, &tray, &events);
+                    }
+                    continue;
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
             }
         };
         match command {
@@ -353,16 +373,83 @@ fn slot_thread(
                 if current.as_ref().is_some_and(|(s, _)| *s == chip_serial)
                     && let Some((_, card)) = current.take()
                 {
-                    if let Some(store) = &card.store
-                        && let Err(e) =
-                            std::fs::write(store.path().with_file_name(LEFT_MARKER), b"")
-                    {
-                        tracing::error!(error = %e, "cannot mark a simulated card as finished");
-                    }
-                    tray.put(card.card);
-                    let _ = events.send(RackEvent::Removed { slot });
+                    leave(slot, card, &tray, &events);
                 }
             }
         }
+    }
+}
+
+/// The card leaves its slot for good: marked on disk (a restarted worker
+/// does not load it again), put in the tray, reported removed.
+fn leave(
+    slot: u16,
+    card: LoadedCard,
+    tray: &OutputTray,
+    events: &mpsc::UnboundedSender<RackEvent>,
+) {
+    if let Some(store) = &card.store
+        && let Err(e) = std::fs::write(store.path().with_file_name(LEFT_MARKER), b"")
+    {
+        tracing::error!(error = %e, "cannot mark a simulated card as finished");
+    }
+    tray.put(card.card);
+    let _ = events.send(RackEvent::Removed { slot });
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    async fn next_event(rack: &mut Rack) -> RackEvent {
+        tokio::time::timeout(Duration::from_secs(10), rack.events.recv())
+            .await
+            .expect("a rack event within 10 s")
+            .expect("the rack is running")
+    }
+
+    #[tokio::test]
+    async fn a_card_asked_out_of_its_slot_leaves_it_and_is_not_loaded_again() {
+        let dir = std::env::temp_dir().join(format!("cf-sim-remove-{}", uuid::Uuid::new_v4()));
+        let config = SimConfig {
+            slots: 1,
+            state_dir: Some(dir.clone()),
+            ..SimConfig::default()
+        };
+        let feed = CardFeed::new([SimCard::new(7), SimCard::new(8)]);
+        let tray = OutputTray::default();
+        let mut rack = start(config.clone(), feed, tray.clone());
+        match next_event(&mut rack).await {
+            RackEvent::Inserted {
+                slot: 0,
+                chip_serial,
+            } => assert_eq!(chip_serial, "7"),
+            other => panic!("{other:?}"),
+        }
+        std::fs::write(dir.join("7").join(REMOVE_REQUEST), b"").unwrap();
+        assert!(matches!(
+            next_event(&mut rack).await,
+            RackEvent::Removed { slot: 0 }
+        ));
+        // The slot is free again: the next card goes in.
+        match next_event(&mut rack).await {
+            RackEvent::Inserted {
+                slot: 0,
+                chip_serial,
+            } => assert_eq!(chip_serial, "8"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(tray.len(), 1);
+        // A restarted worker on the same directory does not load it again.
+        drop(rack);
+        let mut again = start(
+            config,
+            CardFeed::new([SimCard::new(7)]),
+            OutputTray::default(),
+        );
+        let quiet = tokio::time::timeout(Duration::from_millis(800), again.events.recv()).await;
+        assert!(quiet.is_err(), "card 7 was loaded again: {quiet:?}");
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
