@@ -116,7 +116,9 @@ fn main() -> std::process::ExitCode {
             let cli = <cardfleet_standalone::cli::Cli as Parser>::parse_from(
                 std::iter::once("cardfleet".to_owned()).chain(argv[2..].iter().cloned()),
             );
-            runtime.block_on(cardfleet_standalone::cli::run(cli)).map(|()| true)
+            runtime
+                .block_on(cardfleet_standalone::cli::run(cli))
+                .map(|()| true)
         }
         Some("worker") => runtime.block_on(run_worker()).map(|()| true),
         _ => runtime.block_on(chaos(Args::parse())),
