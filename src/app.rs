@@ -13,12 +13,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState};
 use crate::credentials::MasterKey;
-use crate::dispatcher::Dispatcher;
-use crate::gauges::GaugeRefresher;
-use crate::job_gate::JobGate;
-use crate::leases::LeaseKeeper;
-use crate::ledger::Ledger;
 use crate::metrics::Metrics;
+use crate::services::dispatcher::Dispatcher;
+use crate::services::gauges::GaugeRefresher;
+use crate::services::job_gate::JobGate;
+use crate::services::leases::LeaseKeeper;
+use crate::services::ledger::Ledger;
 use crate::settings::Settings;
 use crate::store::Store;
 

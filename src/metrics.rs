@@ -40,14 +40,14 @@ pub struct Metrics {
     pub management_keys_derived: IntCounter,
     pub jobs_undispatchable: IntCounterVec,
     pub jobs_finished: IntCounterVec,
-    // Gauges refreshed from the database and broker by `crate::gauges`.
+    // Gauges refreshed from the database and broker by `crate::services::gauges`.
     pub jobs_live: IntGaugeVec,
     pub outbox_lag: Gauge,
     pub rack_queue: IntGaugeVec,
     pub heartbeat_age: GaugeVec,
     pub dead_letters_stored: IntGauge,
     pub refresh_errors: IntCounterVec,
-    // Rack leases (`crate::leases`) and take-time checks (`crate::job_gate`).
+    // Rack leases (`crate::services::leases`) and take-time checks (`crate::services::job_gate`).
     pub jobs_awaiting_rack: IntGauge,
     pub leases_expired: IntCounter,
     pub take_checks_answered: IntCounter,

@@ -1,4 +1,4 @@
-//! The answer to a worker's take-time check (see `crate::job_gate`): which
+//! The answer to a worker's take-time check (see `crate::services::job_gate`): which
 //! of the jobs it took were cancelled, and which a worker already started.
 
 use uuid::Uuid;
